@@ -1,0 +1,2 @@
+//! Segment benches.
+fn main() {}

@@ -1,0 +1,2 @@
+//! The `postmaster` command.
+fn main() {}
