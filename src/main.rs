@@ -1,2 +1,59 @@
-//! The `postmaster` command.
-fn main() {}
+//! The `postmaster` command: run the demo, measure, and (in later issues)
+//! watch and steer a running postmaster.
+
+mod bench;
+mod demo;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "postmaster",
+    version,
+    about = "A supervising process for multi-process servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a segment, show its layout and keep it up for a while.
+    Demo {
+        /// Name of the shared-memory segment (/dev/shm/postmaster.NAME).
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// How long to run, e.g. 5s, 500ms, 1m.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Measure and print one `name value unit` line per figure.
+    Bench {
+        /// Short runs: the whole suite in well under a minute.
+        #[arg(long)]
+        quick: bool,
+        /// Run only the groups whose name contains this (segment, latch, ring).
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo { name, duration } => demo::run(&name, duration),
+        Command::Bench { quick, filter } => {
+            bench::run(&bench::BenchOpts { quick }, filter.as_deref())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postmaster: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -29,6 +29,7 @@ pub mod fuzzing;
 pub mod header;
 pub mod layout;
 pub mod liveness;
+pub mod ring;
 #[cfg(not(loom))]
 pub mod segment;
 pub mod sync;

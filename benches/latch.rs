@@ -1,0 +1,2 @@
+//! Criterion benches for the latch (filled in by its issue).
+fn main() {}

@@ -1,0 +1,2 @@
+//! Criterion benches for the ring (filled in by its issue).
+fn main() {}

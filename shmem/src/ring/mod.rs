@@ -1,0 +1,1 @@
+//! Lock-free rings in shared memory (built in the rings issue).
