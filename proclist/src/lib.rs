@@ -1,2 +1,10 @@
-//! PGPROC-like process slots, lock-free free lists, index-linked lists and a
-//! condition variable over latches. Built in the proclist issue.
+//! PGPROC-like process slots for postmaster: a fixed array of slots in
+//! shared memory, handed out lock-free, linked into wait lists by index, with
+//! a condition variable built on each process's latch.
+//!
+//! - [`freelist`]: the lock-free free list (a tagged Treiber stack of
+//!   indices) that hands slots out.
+
+pub mod freelist;
+
+pub use freelist::{FreeList, FreeListError};

@@ -1,0 +1,358 @@
+//! A lock-free free list of slot indices: a Treiber stack whose head word
+//! packs an ABA tag with the top index.
+//!
+//! # Protocol
+//!
+//! Shared state, all in the segment:
+//!
+//! - `head`: one `u64`, decoded through [`Head`]: the low 32 bits are the top
+//!   of the stack as *index + 1* (0 = empty, so an all-zero list is a valid
+//!   empty one), the high 32 bits a tag bumped by every successful change.
+//! - `links[i]`: the entry below slot `i` while `i` is on the stack, in the
+//!   same +1 encoding. Written only by the process pushing `i`, before the
+//!   push is published.
+//!
+//! Who may do what: any process may [`pop`](FreeList::pop) (take a slot it
+//! then owns) and [`push`](FreeList::push) a slot **it owns** (giving it up).
+//! A slot is thus always in exactly one of {on the stack, owned by one
+//! process}; pushing a slot you do not own breaks that and is a bug the
+//! callers in this crate rule out by construction.
+//!
+//! Orderings: `push` writes the link, then publishes it with a release CAS
+//! on `head`; `pop` loads `head` with acquire (pairing with that release), so
+//! the link it reads is the one written before the push, and whatever the
+//! previous owner wrote into the slot before giving it up is visible to the
+//! next owner.
+//!
+//! The ABA problem: a popper reads top `a` and its link `b`, then stalls;
+//! meanwhile others pop `a`, pop `b`, push `a` back. The head shows top `a`
+//! again but `b` is now owned. Without the tag the stalled CAS would succeed
+//! and hand `b` to a second owner; with it, the head word differs (the tag
+//! moved on three times) and the CAS fails. A 32-bit tag can only be fooled
+//! by a popper stalled across exactly 2^32 changes of one list.
+//!
+//! Shared memory is untrusted: an index read from `head` or `links` is
+//! checked against the list's length, and every retry loop is bounded, so a
+//! process that scribbles over a list gets [`FreeListError`], never an
+//! out-of-bounds access or a hang.
+//!
+//! This is R. K. Treiber's stack (IBM RJ 5118, 1986) with the version tag
+//! IBM's System/370 documentation gives for the same problem.
+
+use shmem::sync::{AtomicU32, AtomicU64, Ordering};
+use thiserror::Error;
+
+/// How many times a `pop` or `push` retries a failed CAS before it gives up
+/// with [`FreeListError::Contended`]. Each failure means another process
+/// succeeded, so the list as a whole makes progress; the bound only keeps a
+/// process that rewrites the head in a loop from stalling us forever.
+pub const MAX_ATTEMPTS: u32 = 1 << 20;
+
+/// The decoded head word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Bumped by every successful push and pop.
+    pub tag: u32,
+    /// Index of the top slot plus one; 0 means empty.
+    pub top: u32,
+}
+
+impl Head {
+    /// Unpacks a head word.
+    pub fn decode(word: u64) -> Self {
+        Self {
+            tag: (word >> 32) as u32,
+            top: word as u32,
+        }
+    }
+
+    /// Packs a head word.
+    pub fn encode(self) -> u64 {
+        (u64::from(self.tag) << 32) | u64::from(self.top)
+    }
+}
+
+/// Why a free-list operation failed.
+#[derive(Debug, Error, Clone, Copy, PartialEq, Eq)]
+pub enum FreeListError {
+    /// The list holds an index outside its range: shared memory was
+    /// overwritten. Reset the segment.
+    #[error("free list is corrupt: it names slot {index} of {len}; the segment needs a reset")]
+    Corrupt {
+        /// The index found (already decoded, minus one).
+        index: u32,
+        /// The number of slots the list manages.
+        len: u32,
+    },
+    /// Every attempt lost a race; see [`MAX_ATTEMPTS`].
+    #[error(
+        "free list stayed contended for {MAX_ATTEMPTS} attempts; another process may be rewriting it"
+    )]
+    Contended,
+}
+
+/// A view of one free list: its head word and one link per slot it manages.
+#[derive(Clone, Copy)]
+pub struct FreeList<'a> {
+    head: &'a AtomicU64,
+    links: &'a [AtomicU32],
+}
+
+impl<'a> FreeList<'a> {
+    /// A view over `head` and `links`; slot `i` of the list is `links[i]`.
+    /// An all-zero head is an empty list.
+    ///
+    /// # Panics
+    ///
+    /// If there are `u32::MAX` or more links (the +1 encoding needs one value).
+    pub fn new(head: &'a AtomicU64, links: &'a [AtomicU32]) -> Self {
+        assert!(
+            links.len() < u32::MAX as usize,
+            "too many slots for one free list"
+        );
+        Self { head, links }
+    }
+
+    /// Number of slots the list manages (free or not).
+    pub fn capacity(&self) -> u32 {
+        self.links.len() as u32
+    }
+
+    /// Puts every slot on the list, lowest index on top. Only for a list
+    /// nobody else is using yet (segment creation or reset).
+    pub fn fill(&self) {
+        let n = self.capacity();
+        for (i, link) in self.links.iter().enumerate() {
+            // Entry below slot i is slot i+1, i.e. i+2 in the +1 encoding;
+            // the last slot's link is 0, the bottom.
+            let below = if (i as u32) + 1 < n { i as u32 + 2 } else { 0 };
+            // Relaxed: published by the release store of the head below.
+            link.store(below, Ordering::Relaxed);
+        }
+        let top = if n > 0 { 1 } else { 0 };
+        let tag = Head::decode(self.head.load(Ordering::Relaxed))
+            .tag
+            .wrapping_add(1);
+        // Release: pairs with the acquire head load in pop().
+        self.head
+            .store(Head { tag, top }.encode(), Ordering::Release);
+    }
+
+    /// Takes the top slot, if any. The caller owns the returned index until
+    /// it pushes it back.
+    pub fn pop(&self) -> Result<Option<u32>, FreeListError> {
+        // Acquire: pairs with the release CAS in push() (and store in fill()),
+        // so the link of the top slot is the one its pusher wrote.
+        let mut current = Head::decode(self.head.load(Ordering::Acquire));
+        for _ in 0..MAX_ATTEMPTS {
+            if current.top == 0 {
+                return Ok(None);
+            }
+            let index = self.check(current.top)?;
+            // Relaxed: ordered after the acquire load that produced `current`.
+            // If the slot was popped and pushed again meanwhile, this value
+            // may be stale, but then the tag has moved and the CAS fails.
+            let below = self.links[index as usize].load(Ordering::Relaxed);
+            if below != 0 {
+                self.check(below)?;
+            }
+            let next = Head {
+                tag: current.tag.wrapping_add(1),
+                top: below,
+            };
+            match self.head.compare_exchange_weak(
+                current.encode(),
+                next.encode(),
+                // Acquire on success: the slot's previous owner released it
+                // with the push this head came from; we now see its writes.
+                Ordering::Acquire,
+                // Acquire on failure: we retry with the new head and read its
+                // link, which its pusher published with release.
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(Some(index)),
+                Err(seen) => current = Head::decode(seen),
+            }
+        }
+        Err(FreeListError::Contended)
+    }
+
+    /// Gives slot `index` back. The caller must own it (have popped it and
+    /// not pushed it since); anything it wrote to the slot is visible to the
+    /// slot's next owner.
+    pub fn push(&self, index: u32) -> Result<(), FreeListError> {
+        if index >= self.capacity() {
+            return Err(FreeListError::Corrupt {
+                index,
+                len: self.capacity(),
+            });
+        }
+        // Relaxed: the CAS below validates the value; a stale one just fails.
+        let mut current = Head::decode(self.head.load(Ordering::Relaxed));
+        for _ in 0..MAX_ATTEMPTS {
+            // Relaxed: we own the slot, nobody else writes its link; the
+            // release CAS below publishes it.
+            self.links[index as usize].store(current.top, Ordering::Relaxed);
+            let next = Head {
+                tag: current.tag.wrapping_add(1),
+                top: index + 1,
+            };
+            match self.head.compare_exchange_weak(
+                current.encode(),
+                next.encode(),
+                // Release: pairs with the acquire head load in pop().
+                Ordering::Release,
+                // Relaxed on failure: we only reuse the value for the retry.
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(seen) => current = Head::decode(seen),
+            }
+        }
+        Err(FreeListError::Contended)
+    }
+
+    /// Decodes a +1-encoded index read from shared memory, checking range.
+    fn check(&self, encoded: u32) -> Result<u32, FreeListError> {
+        let index = encoded.wrapping_sub(1);
+        if index < self.capacity() {
+            Ok(index)
+        } else {
+            Err(FreeListError::Corrupt {
+                index,
+                len: self.capacity(),
+            })
+        }
+    }
+
+    /// Counts the free slots by walking the list, at most `capacity` steps.
+    /// Only meaningful while nobody pushes or pops (tests, status, after a
+    /// crash); returns `Corrupt` for an out-of-range index or a cycle.
+    pub fn count_quiescent(&self) -> Result<u32, FreeListError> {
+        let mut top = Head::decode(self.head.load(Ordering::Acquire)).top;
+        let mut n = 0;
+        while top != 0 {
+            let index = self.check(top)?;
+            n += 1;
+            if n > self.capacity() {
+                return Err(FreeListError::Corrupt {
+                    index,
+                    len: self.capacity(),
+                });
+            }
+            top = self.links[index as usize].load(Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn list(n: usize) -> (AtomicU64, Vec<AtomicU32>) {
+        (
+            AtomicU64::new(0),
+            (0..n).map(|_| AtomicU32::new(0)).collect(),
+        )
+    }
+
+    #[test]
+    fn zeroed_list_is_empty_and_fill_makes_all_free() {
+        let (head, links) = list(4);
+        let fl = FreeList::new(&head, &links);
+        assert_eq!(fl.pop(), Ok(None));
+        fl.fill();
+        assert_eq!(fl.count_quiescent(), Ok(4));
+        let popped: Vec<_> = (0..4).map(|_| fl.pop().unwrap().unwrap()).collect();
+        assert_eq!(popped, [0, 1, 2, 3]);
+        assert_eq!(fl.pop(), Ok(None));
+    }
+
+    #[test]
+    fn push_makes_a_slot_available_again_lifo() {
+        let (head, links) = list(3);
+        let fl = FreeList::new(&head, &links);
+        fl.fill();
+        let a = fl.pop().unwrap().unwrap();
+        let b = fl.pop().unwrap().unwrap();
+        fl.push(a).unwrap();
+        assert_eq!(fl.pop(), Ok(Some(a)));
+        fl.push(b).unwrap();
+        fl.push(a).unwrap();
+        assert_eq!(fl.count_quiescent(), Ok(3));
+    }
+
+    #[test]
+    fn corrupt_heads_and_links_are_errors_not_panics() {
+        let (head, links) = list(2);
+        let fl = FreeList::new(&head, &links);
+        head.store(Head { tag: 0, top: 9 }.encode(), Ordering::Relaxed);
+        assert_eq!(fl.pop(), Err(FreeListError::Corrupt { index: 8, len: 2 }));
+        head.store(Head { tag: 0, top: 1 }.encode(), Ordering::Relaxed);
+        links[0].store(77, Ordering::Relaxed);
+        assert!(matches!(fl.pop(), Err(FreeListError::Corrupt { .. })));
+        // A cycle: 0 -> 1 -> 0.
+        links[0].store(2, Ordering::Relaxed);
+        links[1].store(1, Ordering::Relaxed);
+        assert!(matches!(
+            fl.count_quiescent(),
+            Err(FreeListError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            fl.push(5),
+            Err(FreeListError::Corrupt { index: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn head_word_round_trips() {
+        for h in [
+            Head { tag: 0, top: 0 },
+            Head {
+                tag: u32::MAX,
+                top: 1,
+            },
+            Head {
+                tag: 7,
+                top: u32::MAX,
+            },
+        ] {
+            assert_eq!(Head::decode(h.encode()), h);
+        }
+    }
+
+    #[test]
+    fn many_threads_never_share_a_slot() {
+        use std::sync::Barrier;
+        const SLOTS: usize = 8;
+        const THREADS: usize = 4;
+        const ROUNDS: usize = 20_000;
+        let (head, links) = list(SLOTS);
+        let fl = FreeList::new(&head, &links);
+        fl.fill();
+        let owners: Vec<AtomicU32> = (0..SLOTS).map(|_| AtomicU32::new(0)).collect();
+        let barrier = Barrier::new(THREADS);
+        std::thread::scope(|s| {
+            for t in 1..=THREADS as u32 {
+                let (fl, owners, barrier) = (fl, &owners, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    for _ in 0..ROUNDS {
+                        let Some(i) = fl.pop().unwrap() else { continue };
+                        // Relaxed: the list's acquire/release orders ownership;
+                        // this only detects a second simultaneous owner.
+                        let prev = owners[i as usize].swap(t, Ordering::Relaxed);
+                        assert_eq!(
+                            prev, 0,
+                            "slot {i} handed to thread {t} while thread {prev} held it"
+                        );
+                        owners[i as usize].store(0, Ordering::Relaxed);
+                        fl.push(i).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(fl.count_quiescent(), Ok(SLOTS as u32));
+    }
+}
