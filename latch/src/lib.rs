@@ -479,16 +479,13 @@ impl Latch {
         }
     }
 
-    /// Polls the word a few times, yielding to loom in between.
+    /// Polls the word a few times (loom build). No `spin_loop`: loom's is
+    /// a yield that hands the turn to the setter, so the model would never
+    /// see a spin run out before the set and then go to sleep. Each load is
+    /// a scheduling point, and the poll count bounds the model.
     #[cfg(loom)]
     fn spin_until_set(&self, _budget: Duration) -> bool {
-        for _ in 0..spin::LOOM_SPIN_POLLS {
-            if self.is_set() {
-                return true;
-            }
-            shmem::sync::spin_loop();
-        }
-        false
+        (0..spin::LOOM_SPIN_POLLS).any(|_| self.is_set())
     }
 
     /// Announces `SLEEPING` and sleeps on the futex until set, timed out or

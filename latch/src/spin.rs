@@ -32,7 +32,7 @@
 //! Budgets are wall-clock time, checked every [`CLOCK_EVERY`] polls; the
 //! pause instruction's latency varies ten-fold between CPU models, so an
 //! iteration count would mean nothing. Under `--cfg loom` a spin is at most
-//! [`LOOM_SPIN_POLLS`] polls, each a loom yield.
+//! [`LOOM_SPIN_POLLS`] polls of the word.
 
 use std::time::Duration;
 
