@@ -113,7 +113,7 @@
 //! line with other hot data.
 
 pub mod futex;
-mod pid;
+pub mod pid;
 #[cfg(not(loom))]
 pub mod pmdeath;
 pub mod spin;
@@ -350,6 +350,19 @@ impl Latch {
         }
     }
 
+    /// Makes `pid` (0: nobody) the owner without checking who owned it
+    /// before. For a caller that holds the latch's container exclusively:
+    /// a process slot it has just taken from a free list, or one whose
+    /// owner it has proven dead. Costs one store where [`own`](Self::own)
+    /// costs a system call and a compare-and-swap.
+    pub fn hand_over(&self, pid: u32) {
+        // Relaxed: the container's own release publication (e.g. the slot's
+        // status store) orders this for the new owner and its peers.
+        self.owner.store(pid, Ordering::Relaxed);
+        // Relaxed: owner-private hint; a new owner starts afresh.
+        self.spin_hint.store(0, Ordering::Relaxed);
+    }
+
     /// Gives up ownership, if the caller owns the latch; otherwise does
     /// nothing. A set latch stays set.
     pub fn disown(&self) {
@@ -457,7 +470,12 @@ impl Latch {
             }
         }
         if hit {
-            return Ok(Wake::Set);
+            // The death handler sets the latch too; report the death.
+            return Ok(if parent_died() {
+                Wake::PostmasterDied
+            } else {
+                Wake::Set
+            });
         }
         self.sleep(deadline)
     }
@@ -495,15 +513,16 @@ impl Latch {
         // Listed before the flag check below (Dekker with the death handler).
         let entry = SleeperEntry::enter(self);
         loop {
-            // Acquire: pairs with the Release swap in set.
-            let seen = word.load(Ordering::Acquire);
-            if seen & SET != 0 {
-                return Ok(Wake::Set);
-            }
+            // First, because the death handler sets the latch to wake us.
             if parent_died() {
                 // Relaxed: we only withdraw our announcement.
                 word.fetch_and(!SLEEPING, Ordering::Relaxed);
                 return Ok(Wake::PostmasterDied);
+            }
+            // Acquire: pairs with the Release swap in set.
+            let seen = word.load(Ordering::Acquire);
+            if seen & SET != 0 {
+                return Ok(Wake::Set);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(self.leave_on_timeout());

@@ -2,12 +2,28 @@
 //! shared memory, handed out lock-free, linked into wait lists by index, with
 //! a condition variable built on each process's latch.
 //!
+//! - [`slot`]: one [`ProcSlot`]: identity, state and generation, the
+//!   dead-man switch and critical-section depth, heartbeat, latch;
+//! - [`array`]: the [`ProcArray`] of slots with per-kind ranges, acquire
+//!   and release, the postmaster's assign/activate/release path, and
+//!   reclaiming the slots of processes that died holding them;
 //! - [`freelist`]: the lock-free free list (a tagged Treiber stack of
 //!   indices) that hands slots out;
 //! - [`lock`]: [`ShmLock`], a small mutex on a shared futex word.
+//!
+//! Known limit: a process killed in the few instructions between marking a
+//! slot free and pushing it on the free list (or between popping it and
+//! marking it taken) leaks that slot until the next segment reset.
 
+pub mod array;
 pub mod freelist;
 pub mod lock;
+pub mod slot;
 
+pub use array::{
+    CriticalSection, Kind, ProcArray, ProcArrayConfig, ProcArrayError, Released, SlotGuard,
+    SlotHandle,
+};
 pub use freelist::{FreeList, FreeListError};
 pub use lock::{LockError, LockGuard, ShmLock};
+pub use slot::{ProcSlot, SlotStatus};

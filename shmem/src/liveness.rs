@@ -18,7 +18,37 @@ pub fn start_time(pid: u32) -> Option<u64> {
 
 /// The start time of the calling process, or 0 if `/proc` cannot tell.
 pub fn own_start_time() -> u64 {
-    start_time(std::process::id()).unwrap_or(0)
+    own_start_time_as(std::process::id())
+}
+
+/// The start time of the calling process, whose pid the caller already
+/// knows (from a cache, say), without reading `/proc` after the first call.
+///
+/// The answer is cached with the pid it belongs to, so a forked child,
+/// whose pid differs, reads `/proc` once for its own.
+#[cfg(not(loom))]
+pub fn own_start_time_as(pid: u32) -> u64 {
+    use crate::sync::{AtomicU32, AtomicU64, Ordering};
+    static CACHED_PID: AtomicU32 = AtomicU32::new(0);
+    static CACHED_START: AtomicU64 = AtomicU64::new(0);
+    // Acquire: pairs with the release store of CACHED_PID below, so a
+    // matching pid comes with the start time written before it.
+    if CACHED_PID.load(Ordering::Acquire) == pid {
+        // Relaxed: ordered by the acquire load above.
+        return CACHED_START.load(Ordering::Relaxed);
+    }
+    let start = start_time(pid).unwrap_or(0);
+    // Relaxed: published by the release store of the pid. Two threads that
+    // race here write the same pair.
+    CACHED_START.store(start, Ordering::Relaxed);
+    CACHED_PID.store(pid, Ordering::Release);
+    start
+}
+
+/// The start time of the calling process (loom build: no cache).
+#[cfg(loom)]
+pub fn own_start_time_as(pid: u32) -> u64 {
+    start_time(pid).unwrap_or(0)
 }
 
 /// Whether the process `pid` that started at `start` (0: unknown) is alive
@@ -66,6 +96,18 @@ mod tests {
         assert_ne!(start, 0, "/proc should be mounted in the test environment");
         assert!(is_alive(me, start));
         assert!(is_alive(me, 0));
+    }
+
+    #[test]
+    fn the_cached_start_time_is_per_pid() {
+        let me = std::process::id();
+        let start = own_start_time_as(me);
+        assert_eq!(start, start_time(me).unwrap());
+        assert_eq!(own_start_time_as(me), start, "served from the cache");
+        // Another pid (as after fork) is looked up, not served from the cache.
+        let parent = nix::unistd::getppid().as_raw() as u32;
+        assert_eq!(own_start_time_as(parent), start_time(parent).unwrap_or(0));
+        assert_eq!(own_start_time_as(me), start);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 mod latch;
 mod ring;
 mod segment;
+mod slots;
 
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,7 @@ const GROUPS: &[Group] = &[
     ("segment", segment::run),
     ("latch", latch::run),
     ("ring", ring::run),
+    ("slots", slots::run),
 ];
 
 /// Runs every group whose name contains `filter` (all if `None`) and
@@ -130,4 +132,14 @@ pub fn mean_ns(budget: Duration, mut op: impl FnMut()) -> f64 {
         }
         batch = (batch * 2).min(1 << 20);
     }
+}
+
+/// Pins the calling thread (the whole process, if it has one thread) to
+/// `cpu`, so that cross-CPU figures really cross CPUs and same-CPU figures
+/// really share one.
+pub fn pin_to_cpu(cpu: usize) -> Result<(), String> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .map_err(|e| format!("sched_setaffinity to cpu {cpu}: {e}"))
 }
