@@ -9,7 +9,9 @@
 //!   reclaiming the slots of processes that died holding them;
 //! - [`freelist`]: the lock-free free list (a tagged Treiber stack of
 //!   indices) that hands slots out;
-//! - [`lock`]: [`ShmLock`], a small mutex on a shared futex word.
+//! - [`lock`]: [`ShmLock`], a small mutex on a shared futex word;
+//! - [`list`]: [`ProcList`], doubly-linked lists of slot indices under a
+//!   [`ShmLock`].
 //!
 //! Known limit: a process killed in the few instructions between marking a
 //! slot free and pushing it on the free list (or between popping it and
@@ -17,6 +19,7 @@
 
 pub mod array;
 pub mod freelist;
+pub mod list;
 pub mod lock;
 pub mod slot;
 
@@ -25,5 +28,6 @@ pub use array::{
     SlotHandle,
 };
 pub use freelist::{FreeList, FreeListError};
+pub use list::{ListError, ListField, ListHead, ListLink, ListNode, LockedList, ProcList};
 pub use lock::{LockError, LockGuard, ShmLock};
 pub use slot::{ProcSlot, SlotStatus};
