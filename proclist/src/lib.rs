@@ -11,13 +11,16 @@
 //!   indices) that hands slots out;
 //! - [`lock`]: [`ShmLock`], a small mutex on a shared futex word;
 //! - [`list`]: [`ProcList`], doubly-linked lists of slot indices under a
-//!   [`ShmLock`].
+//!   [`ShmLock`];
+//! - [`condvar`]: [`ConditionVariable`], a wait list of slots woken through
+//!   their latches.
 //!
 //! Known limit: a process killed in the few instructions between marking a
 //! slot free and pushing it on the free list (or between popping it and
 //! marking it taken) leaks that slot until the next segment reset.
 
 pub mod array;
+pub mod condvar;
 pub mod freelist;
 pub mod list;
 pub mod lock;
@@ -27,6 +30,7 @@ pub use array::{
     CriticalSection, Kind, ProcArray, ProcArrayConfig, ProcArrayError, Released, SlotGuard,
     SlotHandle,
 };
+pub use condvar::{ConditionVariable, CvError, CvWait, CvWake, WaitNode};
 pub use freelist::{FreeList, FreeListError};
 pub use list::{ListError, ListField, ListHead, ListLink, ListNode, LockedList, ProcList};
 pub use lock::{LockError, LockGuard, ShmLock};

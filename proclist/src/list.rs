@@ -302,6 +302,11 @@ impl<'a, N: ListNode> ProcList<'a, N> {
         self.nodes.len() as u32
     }
 
+    /// The nodes the list may link.
+    pub fn nodes(&self) -> &'a [N] {
+        self.nodes
+    }
+
     /// Takes the list's lock, sleeping as long as it takes (not for the
     /// postmaster; see [`ShmLock`]).
     pub fn lock(&self) -> Result<LockedList<'a, N>, ListError> {
