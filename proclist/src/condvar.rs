@@ -249,6 +249,12 @@ impl ConditionVariable {
         Ok(self.list(nodes).lock()?.remove(index)?)
     }
 
+    /// Whether slot `index` is on the list of waiters (under the lock, so
+    /// the answer held at that moment).
+    pub fn is_waiting<N: WaitNode>(&self, index: u32, nodes: &[N]) -> Result<bool, CvError> {
+        Ok(self.list(nodes).lock()?.contains(index)?)
+    }
+
     /// The pid holding the variable's lock, if any (see
     /// [`ShmLock::holder`](crate::ShmLock::holder)).
     pub fn lock_holder(&self) -> Option<u32> {

@@ -7,10 +7,15 @@
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p proclist --release --test loom_list`
 #![cfg(loom)]
 
+use std::time::{Duration, Instant};
+
+use latch::Latch;
 use loom::sync::Arc;
 use loom::thread;
-use proclist::{ListHead, ListLink, ProcList, ShmLock};
-use shmem::sync::UnsafeCell;
+use proclist::{
+    ConditionVariable, CvWake, ListHead, ListLink, ListNode, ProcList, ShmLock, WaitNode,
+};
+use shmem::sync::{AtomicU32, Ordering, UnsafeCell};
 
 /// A list head and its nodes on the heap.
 struct Nodes {
@@ -183,5 +188,169 @@ fn list_pop_and_remove_race_pushes() {
             left.retain(|&n| n != 1);
         }
         nodes.assert_holds(&left);
+    });
+}
+
+/// A slot as the condition variable sees it: a link and the latch of the
+/// process (here: thread) that owns it.
+struct Slot {
+    link: ListLink,
+    latch: Latch,
+}
+
+impl ListNode for Slot {
+    fn link(&self) -> &ListLink {
+        &self.link
+    }
+}
+
+impl WaitNode for Slot {
+    fn latch(&self) -> &Latch {
+        &self.latch
+    }
+}
+
+/// A condition variable, its slots, and a condition: `tokens`, accessed
+/// Relaxed on purpose, so the variable's own orderings must carry it.
+struct Scene {
+    cv: ConditionVariable,
+    slots: Vec<Slot>,
+    tokens: AtomicU32,
+}
+
+impl Scene {
+    fn new(slots: usize) -> Arc<Self> {
+        let scene = Arc::new(Self {
+            cv: ConditionVariable::new(),
+            slots: (0..slots)
+                .map(|_| Slot {
+                    link: ListLink::new(),
+                    latch: Latch::new(),
+                })
+                .collect(),
+            tokens: AtomicU32::new(0),
+        });
+        for slot in &scene.slots {
+            // Modelled threads share one pid, so one own() covers them all.
+            slot.latch.own().expect("own");
+        }
+        scene
+    }
+
+    /// Publishes one token, then signals (the signaller's side).
+    fn give(&self) -> Option<u32> {
+        // Relaxed: the variable's lock and the latch must order it.
+        self.tokens.fetch_add(1, Ordering::Relaxed);
+        self.cv.signal(&self.slots).expect("signal")
+    }
+
+    /// Takes a token if there is one (the condition).
+    fn take(&self) -> bool {
+        // Relaxed: as in give().
+        self.tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| t.checked_sub(1))
+            .is_ok()
+    }
+
+    /// The waiter's loop: prepare, check, sleep, check again, until it has
+    /// a token. No deadline: a lost signal is a loom deadlock.
+    fn wait_for_token(&self, me: u32) {
+        let wait = self.cv.prepare(me, &self.slots).expect("prepare");
+        while !self.take() {
+            let why = wait.sleep(None).expect("sleep");
+            assert!(
+                matches!(why, CvWake::Signaled | CvWake::LatchSet),
+                "{why:?}"
+            );
+        }
+    }
+
+    fn assert_nobody_waits(&self) {
+        for i in 0..self.slots.len() as u32 {
+            assert!(!self.cv.is_waiting(i, &self.slots).expect("check"));
+        }
+        assert_eq!(self.cv.signal(&self.slots).expect("signal"), None);
+    }
+}
+
+/// A signal after the waiter's prepare is never missed: whichever way the
+/// signal and the waiter's check, reset and sleep interleave, the waiter
+/// gets its token and leaves (a lost signal would be a loom deadlock).
+#[test]
+fn cv_signal_after_prepare_is_never_missed() {
+    loom::model(|| {
+        let scene = Scene::new(1);
+        let signaller = {
+            let scene = scene.clone();
+            thread::spawn(move || scene.give())
+        };
+        scene.wait_for_token(0);
+        signaller.join().expect("thread");
+        scene.assert_nobody_waits();
+    });
+}
+
+/// Two waiters, two tokens, one signal per token: both get a token. A
+/// waiter that takes a token while a signal meant for the other takes it
+/// off the list must pass that signal on: W1 is signalled and re-enqueues
+/// behind W0, W0 takes the first token without sleeping, the second signal
+/// takes W0 off, and only W0's cancel can wake W1 again.
+///
+/// That interleaving needs three preemptions, so this model runs with at
+/// least three whatever `LOOM_MAX_PREEMPTIONS` says (about a minute in
+/// release mode here); with two, a cancel that drops the signal passes.
+#[test]
+fn cv_two_waiters_one_signal_each() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(builder.preemption_bound.map_or(3, |n| n.max(3)));
+    builder.check(|| {
+        let scene = Scene::new(2);
+        let waiter = {
+            let scene = scene.clone();
+            thread::spawn(move || scene.wait_for_token(1))
+        };
+        let signaller = {
+            let scene = scene.clone();
+            thread::spawn(move || {
+                scene.give();
+                scene.give();
+            })
+        };
+        scene.wait_for_token(0);
+        waiter.join().expect("thread");
+        signaller.join().expect("thread");
+        scene.assert_nobody_waits();
+    });
+}
+
+/// A waiter whose deadline passes takes itself off the list, unless a
+/// signal took it off first, in which case it reports the signal: exactly
+/// one of the two, and the list is empty at the end either way.
+#[test]
+fn cv_timed_out_waiter_leaves_the_list() {
+    loom::model(|| {
+        let scene = Scene::new(1);
+        let signaller = {
+            let scene = scene.clone();
+            thread::spawn(move || scene.cv.signal(&scene.slots).expect("signal"))
+        };
+        let why = {
+            let wait = scene.cv.prepare(0, &scene.slots).expect("prepare");
+            // Under loom a wait with a deadline times out right after its
+            // check, so this deadline is only ever reached by the model.
+            let far = Instant::now() + Duration::from_secs(3600);
+            let why = wait.sleep(Some(far)).expect("sleep");
+            let listed = scene.cv.is_waiting(0, &scene.slots).expect("check");
+            // Timed out: off the list. Signalled: back on it, until dropped.
+            assert_eq!(listed, why == CvWake::Signaled, "{why:?}");
+            why
+        };
+        let signalled = signaller.join().expect("thread");
+        match why {
+            CvWake::Timeout => assert_eq!(signalled, None),
+            CvWake::Signaled => assert_eq!(signalled, Some(0)),
+            other => panic!("unexpected {other:?}"),
+        }
+        scene.assert_nobody_waits();
     });
 }
