@@ -95,7 +95,9 @@
 //!   owner's check for work that follows sees the work. A plain store
 //!   would read nothing, and the check could miss work whose `SET` the
 //!   store erased (PostgreSQL needs a full barrier after its store for the
-//!   same reason).
+//!   same reason). `reset` skips the read-modify-write when a relaxed load
+//!   finds no `SET`: if that load was stale, the `SET` it missed is still
+//!   in the word and the next wait returns at once, so nothing is lost.
 //! - If the setter's swap came after the reset, the owner either announces
 //!   `SLEEPING` before the swap (the swap sees it and wakes) or after (its
 //!   compare-and-swap fails on `SET`), and the kernel's compare-and-sleep
@@ -281,11 +283,20 @@ impl Latch {
             pid::current(),
             self.owner()
         );
-        // Acquire: pairs with the Release swap in set; as a read-modify-
-        // write it reads the newest set, so work published before any set
-        // that this reset clears is visible to the caller's next check.
-        // Keeps SLEEPING, in case another thread of the owner is asleep.
-        self.state.word().fetch_and(!SET, Ordering::Acquire);
+        let word = self.state.word();
+        // Relaxed: only decides whether there is anything to clear. If this
+        // (possibly stale) load misses a SET, the SET stays in the word and
+        // the caller's next wait returns at once; skipping a reset never
+        // erases a set, only clearing one needs the ordering below. This
+        // saves the read-modify-write when the latch is already clear (the
+        // owner's loop resets before every check).
+        if word.load(Ordering::Relaxed) & SET != 0 {
+            // Acquire: pairs with the Release swap in set; as a read-modify-
+            // write it reads the newest set, so work published before any
+            // set that this reset clears is visible to the caller's next
+            // check. Keeps SLEEPING, in case another owner thread sleeps.
+            word.fetch_and(!SET, Ordering::Acquire);
+        }
     }
 
     /// Whether the latch is set. With `true`, work published before the
@@ -457,7 +468,7 @@ impl Latch {
                 (budget, Some((hint, planned)))
             }
         };
-        let hit = !budget.is_zero() && self.spin_until_set(budget);
+        let hit = !budget.is_zero() && self.spin_until_set(budget, deadline);
         if let Some((hint, planned)) = adaptive {
             let next = if budget.is_zero() {
                 planned
@@ -480,10 +491,14 @@ impl Latch {
         self.sleep(deadline)
     }
 
-    /// Polls the word for up to `budget`; `true` if it saw `SET`.
+    /// Polls the word for up to `budget` (and not past `deadline`); `true`
+    /// if it saw `SET`.
     #[cfg(not(loom))]
-    fn spin_until_set(&self, budget: Duration) -> bool {
-        let start = Instant::now();
+    fn spin_until_set(&self, budget: Duration, deadline: Option<Instant>) -> bool {
+        // The clock is first read after one batch of polls, so a set that
+        // arrives within it (the common case for a prompt peer) costs no
+        // clock read at all; the budget overshoots by at most one batch.
+        let mut start = None;
         loop {
             for _ in 0..spin::CLOCK_EVERY {
                 if self.is_set() {
@@ -491,7 +506,10 @@ impl Latch {
                 }
                 shmem::sync::spin_loop();
             }
-            if start.elapsed() >= budget {
+            let now = Instant::now();
+            if now.duration_since(*start.get_or_insert(now)) >= budget
+                || deadline.is_some_and(|d| now >= d)
+            {
                 return false;
             }
         }
@@ -502,7 +520,7 @@ impl Latch {
     /// see a spin run out before the set and then go to sleep. Each load is
     /// a scheduling point, and the poll count bounds the model.
     #[cfg(loom)]
-    fn spin_until_set(&self, _budget: Duration) -> bool {
+    fn spin_until_set(&self, _budget: Duration, _deadline: Option<Instant>) -> bool {
         (0..spin::LOOM_SPIN_POLLS).any(|_| self.is_set())
     }
 

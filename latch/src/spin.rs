@@ -14,18 +14,22 @@
 //! limit and then sleeps anyway. A waiter cannot cheaply see where its future
 //! setter runs, so [`SpinPolicy::Adaptive`] learns from outcomes instead:
 //!
-//! - a spin that saw the latch set restores the full budget;
-//! - a spin that ran out halves the next budget; after [`MISSES_TO_PAUSE`]
-//!   misses in a row spinning pauses;
-//! - while paused, one wait in [`PROBE_EVERY`] spins a short probe
-//!   ([`PROBE_SHIFT`]: a quarter of the budget), so a workload that moves to
-//!   separate CPUs is noticed again. A probe that hits restores the budget.
+//! - it spins the full budget while spins keep seeing the latch set;
+//! - after [`MISSES_TO_PAUSE`] spins in a row ran out, it stops spinning;
+//! - while paused, one wait in [`PROBE_EVERY`] spins the full budget as a
+//!   probe, so a workload that moves to separate CPUs is noticed again; a
+//!   probe that hits ends the pause.
 //!
-//! On one CPU this settles at one probe per [`PROBE_EVERY`] waits (a few ns
-//! per wait on average); across CPUs with a prompt setter every spin hits
-//! and the budget stays whole. The outcome history lives in the latch
-//! itself ([`SpinHint`], owner-private), so it survives across waits and
-//! across the waiter's restarts.
+//! The budget is all or nothing, not halved on a miss, because of how a
+//! ping-pong falls asleep: once one side sleeps, the other's set takes a
+//! whole cross-vCPU wake-up (~30 µs) to be answered, so only a spin longer
+//! than that can catch the answer and bring both sides back to spinning.
+//! [`DEFAULT_MAX_SPIN`] is chosen above that wake-up for the same reason.
+//!
+//! On one CPU this settles at one probe per [`PROBE_EVERY`] waits (under a
+//! quarter of a microsecond per wait on average); across CPUs with a prompt
+//! setter every spin hits. The outcome history lives in the latch itself
+//! ([`SpinHint`], owner-private), so it survives across waits.
 //!
 //! # Units
 //!
@@ -36,19 +40,17 @@
 
 use std::time::Duration;
 
-/// The default spin budget: a third of a cross-vCPU wake-up on this
-/// machine, so a spin that runs out costs at most a third more than not
-/// spinning, and anything sooner than that comes back in nanoseconds.
-pub const DEFAULT_MAX_SPIN: Duration = Duration::from_micros(10);
+/// The default spin budget: longer than a cross-vCPU futex wake-up on this
+/// machine (~30 µs), so that a waiter whose peer was asleep still catches
+/// the peer's answer (see the module docs); a spin that runs out costs
+/// about as much as the wake-up it tried to avoid.
+pub const DEFAULT_MAX_SPIN: Duration = Duration::from_micros(50);
 
 /// Consecutive misses after which [`SpinPolicy::Adaptive`] pauses spinning.
-pub const MISSES_TO_PAUSE: u32 = 4;
+pub const MISSES_TO_PAUSE: u32 = 3;
 
-/// While paused, one wait in this many spins a probe.
-pub const PROBE_EVERY: u32 = 128;
-
-/// A probe spins for the budget shifted right by this much (a quarter).
-pub const PROBE_SHIFT: u32 = 2;
+/// While paused, one wait in this many spins a probe (the full budget).
+pub const PROBE_EVERY: u32 = 256;
 
 /// The spin loop reads the clock once per this many polls of the word.
 pub const CLOCK_EVERY: u32 = 8;
@@ -63,8 +65,8 @@ pub enum SpinPolicy {
     Off,
     /// Spin up to this long on every wait that finds the latch unset.
     Fixed(Duration),
-    /// Spin up to this long, less (or not at all) while recent spins kept
-    /// running out; see the module docs. The default, with
+    /// Spin up to this long, or not at all while recent spins kept running
+    /// out; see the module docs. The default, with
     /// [`DEFAULT_MAX_SPIN`].
     Adaptive(Duration),
 }
@@ -143,13 +145,13 @@ impl SpinHint {
     /// and the hint to store whatever the spin's outcome.
     pub fn plan(self, max: Duration) -> (Duration, Self) {
         if self.misses < MISSES_TO_PAUSE {
-            (max / (1 << self.misses), self)
+            (max, self)
         } else if self.since_probe + 1 >= PROBE_EVERY {
             let probe = Self {
                 since_probe: 0,
                 ..self
             };
-            (max / (1 << PROBE_SHIFT), probe)
+            (max, probe)
         } else {
             let skip = Self {
                 since_probe: self.since_probe + 1,
@@ -179,15 +181,13 @@ mod tests {
     const MAX: Duration = Duration::from_micros(16);
 
     #[test]
-    fn misses_halve_then_pause_then_probe() {
+    fn misses_pause_the_spin_then_probes_resume_it() {
         let mut hint = SpinHint::default();
-        let mut budgets = Vec::new();
         for _ in 0..MISSES_TO_PAUSE {
             let (budget, next) = hint.plan(MAX);
-            budgets.push(budget.as_micros());
+            assert_eq!(budget, MAX);
             hint = next.after_spin(false);
         }
-        assert_eq!(budgets, [16, 8, 4, 2]);
         // Paused: no spin until the probe is due.
         for _ in 0..PROBE_EVERY - 1 {
             let (budget, next) = hint.plan(MAX);
@@ -195,17 +195,17 @@ mod tests {
             hint = next;
         }
         let (probe, next) = hint.plan(MAX);
-        assert_eq!(probe, MAX / 4);
-        // A probe that misses stays paused; one that hits restores it all.
+        assert_eq!(probe, MAX);
+        // A probe that misses stays paused; one that hits ends the pause.
         assert_eq!(next.after_spin(false).plan(MAX).0, Duration::ZERO);
-        assert_eq!(next.after_spin(true).plan(MAX).0, MAX);
+        assert_eq!(next.after_spin(true), SpinHint::default());
     }
 
     #[test]
-    fn a_hit_restores_the_full_budget() {
+    fn a_hit_forgets_earlier_misses() {
         let hint = SpinHint::default().after_spin(false).after_spin(false);
-        assert_eq!(hint.plan(MAX).0, MAX / 4);
-        assert_eq!(hint.after_spin(true).plan(MAX).0, MAX);
+        assert_eq!(hint.misses, 2);
+        assert_eq!(hint.after_spin(true), SpinHint::default());
     }
 
     #[test]
