@@ -623,6 +623,9 @@ mod tests {
                             let why = w.sleep(Some(deadline)).unwrap();
                             assert_ne!(why, CvWake::Timeout, "slot {me} missed a signal");
                         }
+                        // A lost wake-up would end only at the deadline,
+                        // where the timeout path finds the signal.
+                        assert!(Instant::now() < deadline, "slot {me} missed a signal");
                     }
                 });
             }
