@@ -79,7 +79,12 @@
 //!
 //! The arrangement that loses wake-ups is "check for work, then reset,
 //! then wait": a set landing between the check and the reset is erased by
-//! the reset, and the owner sleeps on work it never saw. With reset first,
+//! the reset, and the owner sleeps on work it never saw. Checking *before*
+//! the reset as well is fine, as long as a reset and a check come between
+//! the last look and the wait. That fast form, `loop { if check() { break }
+//! reset(); if check() { break } wait() }`, keeps the reset (an atomic
+//! read-modify-write) off the critical path when work usually arrives with
+//! the wake-up; `postmaster bench latch` uses it. With reset first,
 //! a set after the reset stays visible to the wait, and a set before it
 //! published its work before the reset read the word (below), so the check
 //! sees the work.

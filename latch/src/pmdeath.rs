@@ -45,7 +45,7 @@
 //! `errno` alone).
 //!
 //! After `fork`, the child's copy of this state is cleared (the pid
-//! module's fork handler calls [`after_fork_in_child`]): the kernel does not
+//! module's fork handler calls `after_fork_in_child`): the kernel does not
 //! inherit `PR_SET_PDEATHSIG`, and the child's parent is a different process.
 //!
 //! ```no_run

@@ -379,13 +379,22 @@ impl Transport {
                 // Relaxed: published by the Release swap in set().
                 down.ball.store(ball, Ordering::Relaxed);
                 down.latch.set();
-                loop {
-                    up.latch.reset();
+                let arrived = || match up.ball.load(Ordering::Acquire) {
                     // Acquire: pairs with the Release swap in the child's set.
-                    match up.ball.load(Ordering::Acquire) {
-                        b if b == ball + 1 => return Ok(()),
-                        b if b + 1 == ball || b == 0 => {}
-                        b => return Err(format!("latch ping-pong: got {b}, wanted {}", ball + 1)),
+                    b if b == ball + 1 => Ok(true),
+                    b if b + 1 == ball || b == 0 => Ok(false),
+                    b => Err(format!("latch ping-pong: got {b}, wanted {}", ball + 1)),
+                };
+                loop {
+                    // The usage loop's fast form (crate docs): look first,
+                    // reset and look again only when about to wait, so the
+                    // reset is not on the round trip's critical path.
+                    if arrived()? {
+                        return Ok(());
+                    }
+                    up.latch.reset();
+                    if arrived()? {
+                        return Ok(());
                     }
                     // No deadline, like the baselines' blocking reads: a
                     // timed futex wait arms a kernel timer, which costs ~10%
@@ -481,20 +490,30 @@ impl Transport {
             match self {
                 Self::Latch { options, .. } => {
                     let (down, up) = self.mailboxes()?;
-                    loop {
-                        down.latch.reset();
+                    let arrived = || match down.ball.load(Ordering::Acquire) {
                         // Acquire: pairs with the Release swap in the parent's set.
-                        match down.ball.load(Ordering::Acquire) {
-                            STOP => return Ok(served),
-                            b if b == want => break,
-                            b if b + 2 == want || b == 0 => {}
-                            b => return Err(format!("latch child: got {b}, wanted {want}")),
+                        STOP => Ok(Some(STOP)),
+                        b if b == want => Ok(Some(b)),
+                        b if b + 2 == want || b == 0 => Ok(None),
+                        b => Err(format!("latch child: got {b}, wanted {want}")),
+                    };
+                    // The fast form of the usage loop, as in parent_round.
+                    let got = loop {
+                        if let Some(b) = arrived()? {
+                            break b;
+                        }
+                        down.latch.reset();
+                        if let Some(b) = arrived()? {
+                            break b;
                         }
                         // Untimed, as in parent_round; the child dies with
                         // its parent (PR_SET_PDEATHSIG, see Session::start).
                         if down.latch.wait_with(None, options).map_err(err)? != Wake::Set {
                             return Err("latch child: woken without a set".into());
                         }
+                    };
+                    if got == STOP {
+                        return Ok(served);
                     }
                     up.ball.store(want + 1, Ordering::Relaxed);
                     up.latch.set();
