@@ -42,7 +42,7 @@
 
 use std::fmt;
 
-use shmem::sync::{AtomicU32, AtomicU64, Ordering};
+use shmem::sync::{AtomicU32, AtomicU64};
 use thiserror::Error;
 
 use crate::freelist::{FreeList, FreeListError};
@@ -246,6 +246,7 @@ impl fmt::Debug for ProcArray<'_> {
 
 impl<'a> ProcArray<'a> {
     /// Adds the array's regions to a layout.
+    #[cfg(not(loom))]
     pub fn declare(builder: shmem::LayoutBuilder, config: ProcArrayConfig) -> shmem::LayoutBuilder {
         let total = config.total() as usize;
         builder
@@ -268,7 +269,7 @@ impl<'a> ProcArray<'a> {
         for (cell, kind) in stored.iter().zip(Kind::ALL) {
             // Relaxed: published with the segment (attachers arrive after the
             // creator's release store of the header state, or after reinit).
-            cell.store(config.size(kind), Ordering::Relaxed);
+            cell.store(config.size(kind), shmem::sync::Ordering::Relaxed);
         }
         array.fill_free_lists();
         Ok(array)
@@ -284,8 +285,8 @@ impl<'a> ProcArray<'a> {
         let stored = segment.array::<AtomicU32>(regions::CONFIG)?;
         // Relaxed: written before the segment was published (see init()).
         let found = ProcArrayConfig {
-            workers: stored[0].load(Ordering::Relaxed),
-            backends: stored[1].load(Ordering::Relaxed),
+            workers: stored[0].load(shmem::sync::Ordering::Relaxed),
+            backends: stored[1].load(shmem::sync::Ordering::Relaxed),
         };
         if found != config {
             return Err(ProcArrayError::ConfigMismatch {

@@ -153,11 +153,11 @@ const _: () = {
 // trusted), there are no pointers, and all mutation is atomic.
 unsafe impl shmem::ShmSafe for ShmLock {}
 
-/// The pid recorded as holder. A system call per lock in glibc >= 2.25;
-/// `latch` caches the pid but does not export its cache (yet).
+/// The pid recorded as holder, from latch's fork-aware cache (no system
+/// call).
 #[inline]
 fn current_pid() -> u32 {
-    std::process::id()
+    latch::pid::current()
 }
 
 impl ShmLock {

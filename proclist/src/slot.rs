@@ -13,6 +13,7 @@
 //! | `crit_depth` | owner only                           | whoever handles its death   |
 //! | `heartbeat`  | owner only                           | the supervisor's watchdog   |
 //! | `latch`      | `set` by anyone, `wait` by owner     |                             |
+//! | `link`       | whoever holds the list's lock        | the same                    |
 //!
 //! `status` packs the slot's state with a generation that every acquisition
 //! bumps (decoded through [`SlotStatus`]). Every transition is a CAS on the
@@ -94,6 +95,8 @@ struct Identity {
     pid: AtomicU32,
     kind: AtomicU32,
     crit_depth: AtomicU32,
+    /// Membership in one wait list at a time (a condition variable's).
+    link: crate::list::ListLink,
 }
 
 /// A value alone on its cache line(s).
@@ -239,6 +242,18 @@ impl ProcSlot {
 
     /// The owner's latch: anyone may set it, only the owner waits on it.
     pub fn latch(&self) -> &latch::Latch {
+        &self.latch.0
+    }
+}
+
+impl crate::list::ListNode for ProcSlot {
+    fn link(&self) -> &crate::list::ListLink {
+        &self.ident.link
+    }
+}
+
+impl crate::condvar::WaitNode for ProcSlot {
+    fn latch(&self) -> &latch::Latch {
         &self.latch.0
     }
 }

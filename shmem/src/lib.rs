@@ -25,6 +25,7 @@
 //! ```
 
 pub mod error;
+#[cfg(not(loom))]
 pub mod fuzzing;
 pub mod header;
 pub mod layout;
