@@ -36,10 +36,12 @@ pub fn segment_header(data: &[u8]) {
     }
 }
 
+#[cfg(not(loom))]
 /// Reads fuzz input a byte or a word at a time, yielding zeros once it runs
 /// out, so every input decodes to some sequence of operations.
 struct Input<'d>(&'d [u8]);
 
+#[cfg(not(loom))]
 impl Input<'_> {
     fn byte(&mut self) -> Option<u8> {
         let (&first, rest) = self.0.split_first()?;
@@ -56,6 +58,7 @@ impl Input<'_> {
     }
 }
 
+#[cfg(not(loom))]
 /// Fuzz target `ring_ops`: an arbitrary sequence of operations on one of
 /// the three rings, checked step by step against a `VecDeque` model
 /// (single-threaded, so every outcome is determined).
@@ -77,6 +80,7 @@ pub fn ring_ops(data: &[u8]) {
     }
 }
 
+#[cfg(not(loom))]
 fn spsc_ops(input: &mut Input<'_>, capacity: usize) {
     use crate::ring::{SpscPopError, SpscPushError, SpscStorage};
     use std::collections::VecDeque;
@@ -134,6 +138,7 @@ fn spsc_ops(input: &mut Input<'_>, capacity: usize) {
     }
 }
 
+#[cfg(not(loom))]
 fn mpsc_ops(input: &mut Input<'_>, capacity: usize) {
     use crate::ring::{MpscPopError, MpscProducer, MpscPushError, MpscStorage};
     use std::collections::VecDeque;
@@ -273,6 +278,7 @@ fn mpsc_ops(input: &mut Input<'_>, capacity: usize) {
     }
 }
 
+#[cfg(not(loom))]
 fn byte_ops(input: &mut Input<'_>, capacity: usize) {
     use crate::ring::{ByteRecvError, ByteSendError, ByteStorage, FRAME_HEADER};
     use std::collections::VecDeque;
@@ -340,6 +346,7 @@ fn byte_ops(input: &mut Input<'_>, capacity: usize) {
     }
 }
 
+#[cfg(not(loom))]
 /// Fuzz target `ring_decode`: arbitrary bytes as a ring's shared state
 /// (indices, role words, cell states and contents), then a bounded number
 /// of operations on it.

@@ -30,7 +30,9 @@
 //! instant; `tail` only tells producers where to try, and any producer that
 //! finds the cell at `tail` already taken helps advance it. Hence at most
 //! one claimed position lies at or beyond `tail` (the one at `tail`), and
-//! `0 <= tail - head <= capacity`.
+//! `0 <= tail - head <= capacity` once the consumer has published `head`
+//! (it frees cells first, so for a moment producers may be up to a batch
+//! ahead of the published `head`, never of the cells it has freed).
 //!
 //! Push (position `p = tail`, lap `L`):
 //!
@@ -42,7 +44,10 @@
 //! 3. claimed/full/poisoned in lap `L`, or `EMPTY(L + 1)`: someone has the
 //!    position already; help advance `tail`, retry;
 //! 4. a state of lap `L - 1`: the consumer has not freed the cell; if `head`
-//!    (`Acquire`) confirms `p - head == capacity`, the ring is full.
+//!    (`Acquire`) confirms `p - head >= capacity`, the ring is full;
+//!    otherwise the consumer freed it since, and a reload sees that;
+//! 5. anything else: a stale `tail`, retried; the same contradictory
+//!    (position, state) seen over and over is reported as [`Corrupt`].
 //!
 //! Pop (position `h = head`, lap `L`): `FULL(L)` → copy the value, store
 //! `EMPTY(L + 1)`, store `head = h + 1`; `CLAIMED(L, id)` →
@@ -114,10 +119,12 @@ const LAP_SHIFT: u32 = 18;
 /// that many laps apart.
 const LAP_MASK: u64 = (1 << (64 - LAP_SHIFT)) - 1;
 
-/// How many times in a row a producer may see a cell state that contradicts
-/// `head` before it calls the ring corrupt. A correct ring resolves such a
-/// contradiction (a store not yet visible) within a reload or two.
-const MAX_INCONSISTENT: u32 = 1 << 12;
+/// How many times in a row a producer may see the *same* contradictory
+/// observation (same position, same cell state word) before it calls the
+/// ring corrupt. In a correct ring a contradiction is a store not yet
+/// visible, which the next reload (after an `Acquire` load of `head`, or of
+/// a fresher `tail`) resolves; a state that stays put is garbage.
+const MAX_INCONSISTENT: u32 = 1 << 10;
 
 /// A decoded cell state word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,8 +267,10 @@ impl<'a, T: Pod + Send> MpscRing<'a, T> {
         if head.wrapping_sub(tail) < 1 << 63 {
             return Ok(0);
         }
+        // `tail - head` may exceed the capacity by the consumer's unpublished
+        // batch (see MpscProducer::claim), never by a whole lap more.
         let used = tail.wrapping_sub(head);
-        if used > self.capacity() as u64 + 1 {
+        if used > 2 * self.capacity() as u64 {
             return Err(Corrupt::new("tail - head exceeds capacity", head, tail));
         }
         Ok((used as usize).min(self.capacity()))
@@ -451,11 +460,12 @@ impl<'a, T: Pod + Send> MpscProducer<'a, T> {
     pub fn claim(&mut self) -> Result<MpscClaim<'_, 'a, T>, MpscPushError> {
         let header = self.ring.header;
         let capacity = self.ring.capacity() as u64;
-        let mut inconsistent = 0u32;
+        let mut repeats = 0u32;
+        let mut last_contradiction = None;
+        // Relaxed: tail only says where to try; the CAS on the cell state
+        // decides, with its own ordering.
+        let mut position = header.tail.0.load(Ordering::Relaxed);
         loop {
-            // Relaxed: tail only says where to try; the CAS on the cell
-            // state decides, with its own ordering.
-            let position = header.tail.0.load(Ordering::Relaxed);
             let lap = (position >> self.shift) & LAP_MASK;
             let cell = self.cell(position);
             // Acquire: pairs with the consumer's Release store of EMPTY(lap)
@@ -468,7 +478,7 @@ impl<'a, T: Pod + Send> MpscProducer<'a, T> {
                     let claimed = CellState::encode(lap, CLAIMED, self.id);
                     // Acquire: same pairing as the load above; our value
                     // write cannot move before the claim.
-                    // Relaxed on failure: we retry from a fresh load.
+                    // Relaxed on failure: we look at the cell again.
                     if cell
                         .state
                         .compare_exchange(word, claimed, Ordering::Acquire, Ordering::Relaxed)
@@ -488,41 +498,75 @@ impl<'a, T: Pod + Send> MpscProducer<'a, T> {
                             committed: false,
                         });
                     }
-                    inconsistent = 0;
+                    // Another producer took it: move on to where tail is.
+                    spin_loop();
+                    position = Self::fresh_tail(header);
+                    continue;
                 }
                 // Taken in this lap, or even consumed already: tail lags
-                // behind the claims; help it along and retry.
+                // behind the claims; help it along. The CAS (a read-modify-
+                // write, so it sees the latest tail) also tells us where to
+                // look next: a plain reload could keep returning the stale
+                // value we just helped past.
                 (0, _) | (1, EMPTY) => {
                     // Relaxed: a hint, as above.
-                    let _ = header.tail.0.compare_exchange(
+                    position = match header.tail.0.compare_exchange(
                         position,
                         position.wrapping_add(1),
                         Ordering::Relaxed,
                         Ordering::Relaxed,
-                    );
-                    inconsistent = 0;
+                    ) {
+                        Ok(_) => position.wrapping_add(1),
+                        Err(current) => current,
+                    };
+                    continue;
                 }
                 // The cell still holds the previous lap: full, if `head`
                 // agrees that the consumer has not freed position - capacity.
+                // `tail - head` may exceed `capacity` for a while: the
+                // consumer frees cells (a whole batch in pop_slice) before
+                // it publishes `head`, and producers may claim the freed
+                // cells in between.
                 (LAP_MASK, CLAIMED | FULL | POISONED) => {
                     // Acquire: pairs with the consumer's Release store of
                     // `head`, which follows its store of EMPTY into this
-                    // cell; so if head has passed, a reload sees EMPTY.
+                    // cell; so if head has passed it, a reload sees EMPTY.
                     let head = header.head.0.load(Ordering::Acquire);
-                    if position.wrapping_sub(head) == capacity {
+                    let used = position.wrapping_sub(head);
+                    if (capacity..1 << 63).contains(&used) {
                         return Err(MpscPushError::Full);
                     }
-                    inconsistent += 1;
                 }
-                _ => inconsistent += 1,
+                // A state of no neighbouring lap: our tail is stale (the
+                // fresh read below fixes that) or the cell is garbage.
+                _ => {}
             }
-            if inconsistent > MAX_INCONSISTENT {
-                return Err(
-                    Corrupt::new("cell state contradicts tail and head", position, word).into(),
-                );
+            if last_contradiction == Some((position, word)) {
+                repeats += 1;
+                if repeats > MAX_INCONSISTENT {
+                    return Err(Corrupt::new(
+                        "cell state contradicts tail and head",
+                        position,
+                        word,
+                    )
+                    .into());
+                }
+            } else {
+                repeats = 0;
+                last_contradiction = Some((position, word));
             }
             spin_loop();
+            position = Self::fresh_tail(header);
         }
+    }
+
+    /// The latest `tail`: a read-modify-write always reads the newest value
+    /// in the modification order, where a plain load may return an older
+    /// one (and loom explores exactly that, forever, if we let it).
+    #[cold]
+    fn fresh_tail(header: &MpscRingHeader) -> u64 {
+        // Relaxed: a hint, as in claim.
+        header.tail.0.fetch_add(0, Ordering::Relaxed)
     }
 
     /// This producer's slot id, as reported in [`MpscPopError`].
