@@ -1,7 +1,715 @@
-//! Ring figures (filled in by the rings issue).
+//! Ring figures: throughput of the shared-memory rings across processes,
+//! against crossbeam's `ArrayQueue` and `std::sync::mpsc::sync_channel`
+//! between threads of one process and a pipe between two processes, all
+//! measured in the same run.
+//!
+//! Placement: the consumer runs on CPU 0, producers on CPU 1 (both
+//! producers share CPU 1 in the two-producer runs, threads and processes
+//! alike). Every message carries its sequence number (and its producer);
+//! the consumer checks order and count as it goes, and a figure is only
+//! reported if every message arrived exactly once and in order. Each figure
+//! is the best of [`REPEATS`] runs, baselines included, because the machine
+//! is shared.
+//!
+//! The functions that run one measurement return the time the consumer
+//! took from "go" to the last message; `benches/ring.rs` includes this file
+//! and times the same functions under criterion.
+
+use std::os::fd::AsFd;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use bytemuck::Pod;
+use crossbeam_queue::ArrayQueue;
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+use shmem::ring::{
+    ByteRecvError, ByteRing, ByteSendError, MpscPopError, MpscPushError, MpscRing, SpscPopError,
+    SpscPushError, SpscRing, own_token,
+};
+use shmem::sync::{AtomicU32, Ordering, spin_loop};
+use shmem::{Layout, Segment};
+
 use super::{BenchOpts, Figure};
 
+/// Cells (or bytes, times 16) in every ring and queue measured.
+pub const RING_CAPACITY: usize = 4096;
+
+/// Runs per figure; the best is reported.
+const REPEATS: usize = 3;
+
+/// A consumer that sees no progress for this long gives up.
+const STALL: Duration = Duration::from_secs(10);
+
+/// Bytes per message in the byte-ring figure.
+pub const BYTE_MESSAGE: usize = 1024;
+
+/// The wait policy every loop here uses, ours and the baselines' alike,
+/// when its queue is empty (consumer) or full (producer): spin for 1, 2,
+/// 4, ... up to [`Backoff::MAX_SPINS`] pause instructions without touching
+/// the queue, so that a poller does not steal the cache line the other
+/// side is about to write on every iteration.
+struct Backoff(u32);
+
+impl Backoff {
+    const MAX_SPINS: u32 = 64;
+
+    fn new() -> Self {
+        Self(1)
+    }
+
+    fn snooze(&mut self) {
+        for _ in 0..self.0 {
+            spin_loop();
+        }
+        self.0 = (self.0 * 2).min(Self::MAX_SPINS);
+    }
+
+    fn reset(&mut self) {
+        self.0 = 1;
+    }
+}
+
+/// A message type for the typed rings: built from a sequence number, and
+/// checked on arrival (`None` if torn).
+pub trait Message: Pod + Send + Sync {
+    /// The message for `seq`.
+    fn make(seq: u64) -> Self;
+    /// The sequence number it carries, if intact.
+    fn seq(&self) -> Option<u64>;
+}
+
+impl Message for u64 {
+    fn make(seq: u64) -> Self {
+        seq
+    }
+    fn seq(&self) -> Option<u64> {
+        Some(*self)
+    }
+}
+
+/// A 64-byte message: the sequence number in every word.
+impl Message for [u64; 8] {
+    fn make(seq: u64) -> Self {
+        [seq; 8]
+    }
+    fn seq(&self) -> Option<u64> {
+        self.iter().all(|&w| w == self[0]).then_some(self[0])
+    }
+}
+
 /// Runs the group.
-pub fn run(_opts: &BenchOpts) -> Result<Vec<Figure>, String> {
-    Ok(Vec::new())
+pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
+    let scale = if opts.quick { 1 } else { 5 };
+    let saved =
+        sched_getaffinity(Pid::from_raw(0)).map_err(|e| format!("sched_getaffinity: {e}"))?;
+    let figures = measure_all(scale);
+    // Restore the CLI's own placement for the groups that follow.
+    let _ = sched_setaffinity(Pid::from_raw(0), &saved);
+    figures
+}
+
+fn measure_all(scale: u64) -> Result<Vec<Figure>, String> {
+    let rate = |count: u64, elapsed: Duration| count as f64 / elapsed.as_secs_f64() / 1e6;
+    let best = |count: u64, f: &dyn Fn(u64) -> Result<Duration, String>| -> Result<f64, String> {
+        let mut best = 0f64;
+        for _ in 0..REPEATS {
+            best = best.max(rate(count, f(count)?));
+        }
+        Ok(best)
+    };
+    let typed = 10_000_000 * scale;
+    let spsc = Figure::new(
+        "spsc_xproc_mmsgs",
+        best(typed, &spsc_xproc::<u64>)?,
+        "mmsgs",
+    );
+    let spsc64 = Figure::new(
+        "spsc64_xproc_mmsgs",
+        best(typed / 2, &spsc_xproc::<[u64; 8]>)?,
+        "mmsgs",
+    );
+    let spsc_batch = Figure::new(
+        "spsc_batch_xproc_mmsgs",
+        best(typed, &spsc_batch_xproc)?,
+        "mmsgs",
+    );
+    let mpsc = Figure::new(
+        "mpsc2_xproc_mmsgs",
+        best(typed / 2, &mpsc2_xproc::<u64>)?,
+        "mmsgs",
+    );
+    let mpsc64 = Figure::new(
+        "mpsc2_64_xproc_mmsgs",
+        best(typed / 4, &mpsc2_xproc::<[u64; 8]>)?,
+        "mmsgs",
+    );
+    let aq_spsc = Figure::new(
+        "arrayqueue_spsc_mmsgs",
+        best(typed / 2, &arrayqueue_spsc::<u64>)?,
+        "mmsgs",
+    );
+    let aq_mpsc = Figure::new(
+        "arrayqueue_mpsc2_mmsgs",
+        best(typed / 2, &arrayqueue_mpsc2::<u64>)?,
+        "mmsgs",
+    );
+    let chan = Figure::new(
+        "sync_channel_spsc_mmsgs",
+        best(typed / 10, &sync_channel_spsc::<u64>)?,
+        "mmsgs",
+    );
+    let pipe = Figure::new(
+        "pipe_xproc_mmsgs",
+        best(200_000 * scale, &pipe_xproc)?,
+        "mmsgs",
+    );
+    let bytes_count = 200_000 * scale;
+    let bytering = Figure::new(
+        "bytering_xproc_mbps",
+        best(bytes_count, &bytering_xproc)? * BYTE_MESSAGE as f64,
+        "mbps",
+    );
+    let ratios = [
+        Figure::ratio(&spsc, &aq_spsc),
+        Figure::ratio(&mpsc, &aq_mpsc),
+        Figure::ratio(&spsc, &pipe),
+        Figure::ratio(&mpsc, &pipe),
+    ];
+    let mut figures = vec![
+        spsc, spsc64, spsc_batch, mpsc, mpsc64, aq_spsc, aq_mpsc, chan, pipe, bytering,
+    ];
+    figures.extend(ratios);
+    Ok(figures)
+}
+
+/// Pins the calling thread (or process) to `cpu`.
+fn pin(cpu: usize) -> Result<(), String> {
+    let mut set = CpuSet::new();
+    set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("sched_setaffinity: {e}"))
+}
+
+/// Forks a child pinned to `cpu` that runs `body` and exits with its
+/// result. The caller must be single-threaded (the CLI is; the criterion
+/// bench runs on its main thread).
+fn fork_pinned(cpu: usize, body: impl FnOnce() -> i32) -> Result<Pid, String> {
+    // SAFETY: the process is single-threaded here (see above), so the child
+    // inherits no lock held by another thread; it leaves through _exit.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            let code = if pin(cpu).is_ok() { body() } else { 90 };
+            // SAFETY: ends the child without running the parent's
+            // destructors or atexit handlers twice.
+            unsafe { nix::libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => Ok(child),
+    }
+}
+
+/// Waits for `child` and checks that it succeeded.
+fn reap(child: Pid) -> Result<(), String> {
+    match waitpid(child, None).map_err(|e| format!("waitpid: {e}"))? {
+        WaitStatus::Exited(_, 0) => Ok(()),
+        other => Err(format!("child {child} failed: {other:?}")),
+    }
+}
+
+/// Kills and reaps children after a failure, then returns the error.
+fn abandon<T>(children: &[Pid], error: String) -> Result<T, String> {
+    for &c in children {
+        let _ = kill(c, Signal::SIGKILL);
+        let _ = waitpid(c, None);
+    }
+    Err(error)
+}
+
+/// Startup handshake in the segment: children count themselves ready, the
+/// parent says go and starts its clock.
+fn handshake_layout(builder: shmem::LayoutBuilder) -> shmem::LayoutBuilder {
+    builder
+        .region::<AtomicU32>("ready")
+        .region::<AtomicU32>("go")
+}
+
+fn child_ready_then_wait(segment: &Segment) -> bool {
+    let (Ok(ready), Ok(go)) = (
+        segment.region::<AtomicU32>("ready"),
+        segment.region::<AtomicU32>("go"),
+    ) else {
+        return false;
+    };
+    // Release/Acquire: pair with the parent's loads and store, so the ring
+    // roles claimed before this are visible to it, and it starts timing
+    // only once we are about to run.
+    ready.fetch_add(1, Ordering::Release);
+    while go.load(Ordering::Acquire) == 0 {
+        spin_loop();
+    }
+    true
+}
+
+fn parent_go(segment: &Segment, children: &[Pid]) -> Result<Instant, String> {
+    let ready = segment
+        .region::<AtomicU32>("ready")
+        .map_err(|e| e.to_string())?;
+    let go = segment
+        .region::<AtomicU32>("go")
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    // Acquire: pairs with the children's Release increments.
+    while ready.load(Ordering::Acquire) < children.len() as u32 {
+        if started.elapsed() > STALL {
+            return abandon(children, "children never became ready".into());
+        }
+        std::thread::yield_now();
+    }
+    // Release: pairs with the children's Acquire loads.
+    go.store(1, Ordering::Release);
+    Ok(Instant::now())
+}
+
+/// SPSC across processes, one `try_push`/`try_pop` per message.
+pub fn spsc_xproc<T: Message>(count: u64) -> Result<Duration, String> {
+    let layout = handshake_layout(Layout::builder().spsc_ring::<T>("ring", RING_CAPACITY))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
+    let ring = SpscRing::<T>::from_segment(&segment, "ring").map_err(|e| e.to_string())?;
+    pin(0)?;
+    let child = fork_pinned(1, || {
+        let Ok(mut tx) = ring.producer(own_token()) else {
+            return 2;
+        };
+        if !child_ready_then_wait(&segment) {
+            return 4;
+        }
+        let mut seq = 0;
+        let mut backoff = Backoff::new();
+        while seq < count {
+            match tx.try_push(T::make(seq)) {
+                Ok(()) => {
+                    seq += 1;
+                    backoff.reset();
+                }
+                Err(SpscPushError::Full) => backoff.snooze(),
+                Err(SpscPushError::Corrupt(_)) => return 3,
+            }
+        }
+        0
+    })?;
+    let mut rx = ring.consumer(own_token()).map_err(|e| e.to_string())?;
+    let started = parent_go(&segment, &[child])?;
+    let mut expected = 0;
+    let mut idle = 0u32;
+    let mut backoff = Backoff::new();
+    while expected < count {
+        match rx.try_pop() {
+            Ok(m) if m.seq() == Some(expected) => {
+                expected += 1;
+                backoff.reset();
+            }
+            Ok(m) => {
+                return abandon(
+                    &[child],
+                    format!("spsc: got {:?}, want {expected}", m.seq()),
+                );
+            }
+            Err(SpscPopError::Empty) => {
+                idle = idle.wrapping_add(1);
+                if idle.is_multiple_of(1 << 20) && started.elapsed() > STALL {
+                    return abandon(&[child], format!("spsc: stalled at {expected}"));
+                }
+                backoff.snooze();
+            }
+            Err(e) => return abandon(&[child], e.to_string()),
+        }
+    }
+    let elapsed = started.elapsed();
+    reap(child)?;
+    Ok(elapsed)
+}
+
+/// SPSC across processes with `push_slice`/`pop_slice` of up to 64.
+pub fn spsc_batch_xproc(count: u64) -> Result<Duration, String> {
+    let layout = handshake_layout(Layout::builder().spsc_ring::<u64>("ring", RING_CAPACITY))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
+    let ring = SpscRing::<u64>::from_segment(&segment, "ring").map_err(|e| e.to_string())?;
+    pin(0)?;
+    let child = fork_pinned(1, || {
+        let Ok(mut tx) = ring.producer(own_token()) else {
+            return 2;
+        };
+        if !child_ready_then_wait(&segment) {
+            return 4;
+        }
+        let mut batch = [0u64; 64];
+        let mut seq = 0;
+        let mut backoff = Backoff::new();
+        while seq < count {
+            let n = (count - seq).min(64) as usize;
+            for (i, slot) in batch[..n].iter_mut().enumerate() {
+                *slot = seq + i as u64;
+            }
+            match tx.push_slice(&batch[..n]) {
+                Ok(0) => backoff.snooze(),
+                Ok(pushed) => {
+                    seq += pushed as u64;
+                    backoff.reset();
+                }
+                Err(_) => return 3,
+            }
+        }
+        0
+    })?;
+    let mut rx = ring.consumer(own_token()).map_err(|e| e.to_string())?;
+    let started = parent_go(&segment, &[child])?;
+    let mut expected = 0;
+    let mut out = [0u64; 64];
+    let mut backoff = Backoff::new();
+    while expected < count {
+        match rx.pop_slice(&mut out) {
+            Ok(0) => {
+                if started.elapsed() > STALL {
+                    return abandon(&[child], format!("spsc batch: stalled at {expected}"));
+                }
+                backoff.snooze();
+            }
+            Ok(n) => {
+                backoff.reset();
+                for &v in &out[..n] {
+                    if v != expected {
+                        return abandon(&[child], format!("spsc batch: got {v}, want {expected}"));
+                    }
+                    expected += 1;
+                }
+            }
+            Err(e) => return abandon(&[child], e.to_string()),
+        }
+    }
+    let elapsed = started.elapsed();
+    reap(child)?;
+    Ok(elapsed)
+}
+
+/// Checks per-producer order of values `producer << 56 | seq`.
+struct TwoProducerCheck {
+    next: [u64; 2],
+}
+
+impl TwoProducerCheck {
+    fn tag(producer: u64, seq: u64) -> u64 {
+        producer << 56 | seq
+    }
+
+    fn accept(&mut self, value: u64) -> Result<(), String> {
+        let producer = (value >> 56) as usize;
+        let seq = value & ((1 << 56) - 1);
+        match self.next.get_mut(producer) {
+            Some(next) if *next == seq => {
+                *next += 1;
+                Ok(())
+            }
+            _ => Err(format!(
+                "two producers: got {value:#x}, next {:?}",
+                self.next
+            )),
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.next[0] + self.next[1]
+    }
+}
+
+/// MPSC across processes: two producers on CPU 1, the consumer on CPU 0.
+pub fn mpsc2_xproc<T: Message>(count: u64) -> Result<Duration, String> {
+    let layout = handshake_layout(Layout::builder().mpsc_ring::<T>("ring", RING_CAPACITY))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
+    let ring = MpscRing::<T>::from_segment(&segment, "ring").map_err(|e| e.to_string())?;
+    pin(0)?;
+    let per_producer = count / 2;
+    let mut children = Vec::new();
+    for k in 0..2u64 {
+        let segment = &segment;
+        let spawned = fork_pinned(1, move || {
+            let Ok(mut tx) = ring.producer(own_token()) else {
+                return 2;
+            };
+            if !child_ready_then_wait(segment) {
+                return 4;
+            }
+            let mut seq = 0;
+            let mut backoff = Backoff::new();
+            while seq < per_producer {
+                match tx.try_push(T::make(TwoProducerCheck::tag(k, seq))) {
+                    Ok(()) => {
+                        seq += 1;
+                        backoff.reset();
+                    }
+                    Err(MpscPushError::Full) => backoff.snooze(),
+                    Err(MpscPushError::Corrupt(_)) => return 3,
+                }
+            }
+            0
+        });
+        match spawned {
+            Ok(pid) => children.push(pid),
+            Err(e) => return abandon(&children, e),
+        }
+    }
+    let mut rx = ring.consumer(own_token()).map_err(|e| e.to_string())?;
+    let started = parent_go(&segment, &children)?;
+    let mut check = TwoProducerCheck { next: [0; 2] };
+    let mut idle = 0u32;
+    let mut backoff = Backoff::new();
+    while check.total() < 2 * per_producer {
+        match rx.try_pop() {
+            Ok(m) => {
+                backoff.reset();
+                let accepted = m.seq().ok_or_else(|| "mpsc: torn message".to_owned());
+                if let Err(e) = accepted.and_then(|v| check.accept(v)) {
+                    return abandon(&children, e);
+                }
+            }
+            Err(MpscPopError::Empty | MpscPopError::InFlight { .. }) => {
+                idle = idle.wrapping_add(1);
+                if idle.is_multiple_of(1 << 20) && started.elapsed() > STALL {
+                    return abandon(&children, format!("mpsc: stalled at {:?}", check.next));
+                }
+                backoff.snooze();
+            }
+            Err(e) => return abandon(&children, e.to_string()),
+        }
+    }
+    let elapsed = started.elapsed();
+    for c in children {
+        reap(c)?;
+    }
+    Ok(elapsed)
+}
+
+/// crossbeam's `ArrayQueue` between two threads (producer on CPU 1).
+pub fn arrayqueue_spsc<T: Message>(count: u64) -> Result<Duration, String> {
+    let queue = ArrayQueue::<T>::new(RING_CAPACITY);
+    let barrier = Barrier::new(2);
+    pin(0)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = pin(1);
+            barrier.wait();
+            let mut backoff = Backoff::new();
+            for seq in 0..count {
+                let mut m = T::make(seq);
+                while let Err(back) = queue.push(m) {
+                    m = back;
+                    backoff.snooze();
+                }
+                backoff.reset();
+            }
+        });
+        barrier.wait();
+        let started = Instant::now();
+        let mut expected = 0;
+        let mut backoff = Backoff::new();
+        while expected < count {
+            match queue.pop() {
+                Some(m) if m.seq() == Some(expected) => {
+                    expected += 1;
+                    backoff.reset();
+                }
+                Some(_) => return Err("arrayqueue: out of order".to_owned()),
+                None => backoff.snooze(),
+            }
+        }
+        Ok(started.elapsed())
+    })
+}
+
+/// crossbeam's `ArrayQueue`, two producer threads on CPU 1, the consumer
+/// on CPU 0.
+pub fn arrayqueue_mpsc2<T: Message>(count: u64) -> Result<Duration, String> {
+    let queue = ArrayQueue::<T>::new(RING_CAPACITY);
+    let barrier = Barrier::new(3);
+    let per_producer = count / 2;
+    pin(0)?;
+    std::thread::scope(|s| {
+        for k in 0..2u64 {
+            let (queue, barrier) = (&queue, &barrier);
+            s.spawn(move || {
+                let _ = pin(1);
+                barrier.wait();
+                let mut backoff = Backoff::new();
+                for seq in 0..per_producer {
+                    let mut m = T::make(TwoProducerCheck::tag(k, seq));
+                    while let Err(back) = queue.push(m) {
+                        m = back;
+                        backoff.snooze();
+                    }
+                    backoff.reset();
+                }
+            });
+        }
+        barrier.wait();
+        let started = Instant::now();
+        let mut check = TwoProducerCheck { next: [0; 2] };
+        let mut backoff = Backoff::new();
+        while check.total() < 2 * per_producer {
+            match queue.pop() {
+                Some(m) => {
+                    check.accept(m.seq().ok_or("torn")?)?;
+                    backoff.reset();
+                }
+                None => backoff.snooze(),
+            }
+        }
+        Ok(started.elapsed())
+    })
+}
+
+/// `std::sync::mpsc::sync_channel` between two threads.
+pub fn sync_channel_spsc<T: Message>(count: u64) -> Result<Duration, String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<T>(RING_CAPACITY);
+    let barrier = Arc::new(Barrier::new(2));
+    pin(0)?;
+    std::thread::scope(|s| {
+        let b = barrier.clone();
+        s.spawn(move || {
+            let _ = pin(1);
+            b.wait();
+            for seq in 0..count {
+                if tx.send(T::make(seq)).is_err() {
+                    return;
+                }
+            }
+        });
+        barrier.wait();
+        let started = Instant::now();
+        for expected in 0..count {
+            match rx.recv() {
+                Ok(m) if m.seq() == Some(expected) => {}
+                other => return Err(format!("sync_channel: {:?}", other.map(|m| m.seq()))),
+            }
+        }
+        Ok(started.elapsed())
+    })
+}
+
+/// A pipe between two processes: one `write` of 8 bytes per message, the
+/// reader reading as much as is there.
+pub fn pipe_xproc(count: u64) -> Result<Duration, String> {
+    let (reader, writer) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let layout = handshake_layout(Layout::builder())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
+    pin(0)?;
+    let child = fork_pinned(1, || {
+        if !child_ready_then_wait(&segment) {
+            return 4;
+        }
+        for seq in 0..count {
+            // 8 bytes < PIPE_BUF: each write is atomic and whole.
+            match nix::unistd::write(writer.as_fd(), &seq.to_ne_bytes()) {
+                Ok(8) => {}
+                _ => return 3,
+            }
+        }
+        0
+    })?;
+    drop(writer);
+    let started = parent_go(&segment, &[child])?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut have = 0;
+    let mut expected = 0;
+    while expected < count {
+        let n = match nix::unistd::read(&reader, &mut buf[have..]) {
+            Ok(0) => return abandon(&[child], format!("pipe: closed at {expected}")),
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return abandon(&[child], format!("pipe read: {e}")),
+        };
+        have += n;
+        let whole = have / 8 * 8;
+        for chunk in buf[..whole].chunks_exact(8) {
+            let v = u64::from_ne_bytes(chunk.try_into().expect("8 bytes"));
+            if v != expected {
+                return abandon(&[child], format!("pipe: got {v}, want {expected}"));
+            }
+            expected += 1;
+        }
+        buf.copy_within(whole..have, 0);
+        have -= whole;
+    }
+    let elapsed = started.elapsed();
+    reap(child)?;
+    Ok(elapsed)
+}
+
+/// The byte ring across processes, [`BYTE_MESSAGE`]-byte messages.
+pub fn bytering_xproc(count: u64) -> Result<Duration, String> {
+    let layout = handshake_layout(Layout::builder().byte_ring("mq", 16 * RING_CAPACITY))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
+    let ring = ByteRing::from_segment(&segment, "mq").map_err(|e| e.to_string())?;
+    pin(0)?;
+    let child = fork_pinned(1, || {
+        let Ok(mut tx) = ring.sender(own_token()) else {
+            return 2;
+        };
+        if !child_ready_then_wait(&segment) {
+            return 4;
+        }
+        let mut message = [0u8; BYTE_MESSAGE];
+        let mut seq = 0u64;
+        let mut backoff = Backoff::new();
+        while seq < count {
+            message[..8].copy_from_slice(&seq.to_le_bytes());
+            message[BYTE_MESSAGE - 1] = seq as u8;
+            match tx.try_send(&message) {
+                Ok(()) => {
+                    seq += 1;
+                    backoff.reset();
+                }
+                Err(ByteSendError::Full) => backoff.snooze(),
+                Err(_) => return 3,
+            }
+        }
+        0
+    })?;
+    let mut rx = ring.receiver(own_token()).map_err(|e| e.to_string())?;
+    let started = parent_go(&segment, &[child])?;
+    let mut expected = 0u64;
+    let mut backoff = Backoff::new();
+    while expected < count {
+        match rx.try_recv() {
+            Ok(m) => {
+                backoff.reset();
+                let intact = m.len() == BYTE_MESSAGE
+                    && m[..8] == expected.to_le_bytes()
+                    && m[BYTE_MESSAGE - 1] == expected as u8;
+                if !intact {
+                    return abandon(&[child], format!("bytering: message {expected} wrong"));
+                }
+                expected += 1;
+            }
+            Err(ByteRecvError::Empty) => {
+                if started.elapsed() > STALL {
+                    return abandon(&[child], format!("bytering: stalled at {expected}"));
+                }
+                backoff.snooze();
+            }
+            Err(e) => return abandon(&[child], e.to_string()),
+        }
+    }
+    let elapsed = started.elapsed();
+    reap(child)?;
+    Ok(elapsed)
 }
