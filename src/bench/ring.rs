@@ -51,23 +51,23 @@ pub const BYTE_MESSAGE: usize = 1024;
 /// 4, ... up to [`Backoff::MAX_SPINS`] pause instructions without touching
 /// the queue, so that a poller does not steal the cache line the other
 /// side is about to write on every iteration.
-struct Backoff(u32);
+pub(crate) struct Backoff(u32);
 
 impl Backoff {
     const MAX_SPINS: u32 = 64;
 
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self(1)
     }
 
-    fn snooze(&mut self) {
+    pub(crate) fn snooze(&mut self) {
         for _ in 0..self.0 {
             spin_loop();
         }
         self.0 = (self.0 * 2).min(Self::MAX_SPINS);
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.0 = 1;
     }
 }
