@@ -240,15 +240,18 @@ fn contended_processes(
         match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
             ForkResult::Child => {
                 let _ = pin_to_cpu(cpu);
-                control.ready.fetch_add(1, Ordering::AcqRel);
-                // Acquire: pairs with the parent's release store of stop.
-                while control.ready.load(Ordering::Acquire) < 2 {
+                // Relaxed: a start barrier on one counter; the list under
+                // test carries its own ordering.
+                control.ready.fetch_add(1, Ordering::Relaxed);
+                while control.ready.load(Ordering::Relaxed) < 2 {
                     spin_loop();
                 }
                 let mut n = 0u64;
-                while control.stop.load(Ordering::Acquire) == 0 {
+                // Relaxed: a stop flag; nothing is published with it.
+                while control.stop.load(Ordering::Relaxed) == 0 {
                     for _ in 0..64 {
                         if op().is_err() {
+                            // Relaxed: read after waitpid, which orders it.
                             control.errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -261,13 +264,14 @@ fn contended_processes(
             ForkResult::Parent { child } => children.push(child),
         }
     }
-    while control.ready.load(Ordering::Acquire) < 2 {
+    // Relaxed: see the children's barrier.
+    while control.ready.load(Ordering::Relaxed) < 2 {
         std::thread::yield_now();
     }
     let start = Instant::now();
     std::thread::sleep(budget);
-    // Release: pairs with the children's acquire loads.
-    control.stop.store(1, Ordering::Release);
+    // Relaxed: see the children's stop loop.
+    control.stop.store(1, Ordering::Relaxed);
     for child in children {
         match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, 0)) => {}
@@ -275,9 +279,12 @@ fn contended_processes(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    // Relaxed: the children have exited and been reaped (waitpid orders it).
     if control.errors.load(Ordering::Relaxed) != 0 {
         return Err("an operation failed during a contended run".into());
     }
+    // Acquire: pairs with each child's release store of its count (waitpid
+    // orders it too).
     let total: u64 = control.ops.iter().map(|o| o.load(Ordering::Acquire)).sum();
     Ok(total as f64 / elapsed / 1e6)
 }
