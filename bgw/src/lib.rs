@@ -1,2 +1,6 @@
 //! The postmaster: registration, launching, supervision, named workers,
-//! mailboxes, state machines and timers. Built in the bgw issues.
+//! mailboxes, state machines and timers.
+
+pub mod spec;
+
+pub use spec::{Phase, Restart, SpecError, WorkerSpec};
