@@ -268,7 +268,9 @@ pub enum SpecError {
         name: String,
     },
     /// A name has a character outside `[A-Za-z0-9_.-]`.
-    #[error("the {what} name {name:?} has {bad:?}; use only ASCII letters, digits, '_', '-' and '.'")]
+    #[error(
+        "the {what} name {name:?} has {bad:?}; use only ASCII letters, digits, '_', '-' and '.'"
+    )]
     BadNameChar {
         /// "worker" or "entry".
         what: &'static str,
