@@ -2,6 +2,7 @@
 //! mailboxes, state machines and timers.
 
 pub mod core;
+pub mod registry;
 pub mod spec;
 
 pub use spec::{Phase, Restart, SpecError, WorkerSpec};
