@@ -1,0 +1,805 @@
+//! The OS driver: one thread, a signalfd, `waitpid`, `fork`, and the
+//! [`Core`](crate::core::Core) deciding what to do.
+//!
+//! [`Postmaster::run`] creates the segment, blocks the signals it handles
+//! and reads them from a signalfd, then loops (see the core's module docs
+//! for the iteration): wait for a signal at most as long as the core asks,
+//! reap every exited child, scan the registration slots, let the core tick,
+//! and carry out its actions. Shared memory is read as untrusted: a garbage
+//! registration is rejected, a corrupt proc array resets the segment, and
+//! no loop over shared state is unbounded.
+//!
+//! Signals: SIGTERM is a smart shutdown, SIGINT fast, SIGQUIT immediate;
+//! SIGUSR1 means "look at shared memory" (a registration, a terminate
+//! request, a phase announcement); SIGCHLD means a child exited.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use bgw::{Postmaster, Restart, WorkerContext, WorkerExit, WorkerResult, WorkerSpec};
+//!
+//! fn counter(ctx: &mut WorkerContext<'_>) -> WorkerResult {
+//!     while !ctx.should_stop() {
+//!         ctx.latch().reset();
+//!         // ... one round of work ...
+//!         ctx.wait(Some(std::time::Instant::now() + Duration::from_millis(100)));
+//!     }
+//!     Ok(WorkerExit::Done)
+//! }
+//!
+//! let mut pm = Postmaster::builder().segment_name("example").build();
+//! pm.entry("counter", counter);
+//! pm.register(WorkerSpec::new("counter").restart(Restart::After(Duration::from_secs(1))))?;
+//! let code = pm.run()?; // until SIGTERM, SIGINT or SIGQUIT
+//! std::process::exit(code);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, getpid};
+use proclist::{Kind, ProcArrayError, SlotHandle};
+use shmem::{Layout, LayoutBuilder, Segment};
+use thiserror::Error;
+
+use crate::child::{ChildStart, Entry, WorkerContext, WorkerResult, run_child};
+use crate::core::{
+    Action, Core, CoreConfig, Event, ExitStatus, RegisterError, ShutdownMode, Sig, SlotReport,
+    WorkerId, WorkerStatus,
+};
+use crate::registry::{self, RegHandle, RegistryOwner, RejectReason};
+use crate::shared::{Shared, SharedConfig, SharedError};
+use crate::spec::{Phase, SpecError, WorkerSpec};
+
+/// Why the postmaster could not be set up or could not go on.
+#[derive(Debug, Error)]
+pub enum PostmasterError {
+    /// `run` was called in a process with more than one thread.
+    #[error(
+        "the postmaster must run in a single-threaded process, but this one has {threads} \
+         threads: fork() would copy only the calling thread, leaving locks held by the others \
+         locked forever in every worker. Start the postmaster before spawning threads (or run \
+         it in its own process)"
+    )]
+    MultiThreaded {
+        /// How many threads /proc/self/status reported.
+        threads: usize,
+    },
+    /// A spec breaks a bound.
+    #[error("worker spec: {0}")]
+    Spec(#[from] SpecError),
+    /// A spec names an entry point nobody added with [`Postmaster::entry`].
+    #[error(
+        "worker {worker:?} names entry point {entry:?}, which is not in the table (known: {known})"
+    )]
+    UnknownEntry {
+        /// The worker.
+        worker: String,
+        /// The entry it names.
+        entry: String,
+        /// The entries that exist, comma-separated.
+        known: String,
+    },
+    /// The core refused the registration.
+    #[error(transparent)]
+    Register(#[from] RegisterError),
+    /// The layout could not be built.
+    #[error("layout: {0}")]
+    Layout(#[from] shmem::LayoutError),
+    /// The segment could not be created.
+    #[error(transparent)]
+    Create(#[from] shmem::CreateError),
+    /// The postmaster's regions could not be set up.
+    #[error(transparent)]
+    Shared(#[from] SharedError),
+    /// The registration slots could not be restored after a reset.
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
+    /// A system call the loop depends on failed.
+    #[error("{op}: {source}")]
+    Sys {
+        /// What was being done.
+        op: &'static str,
+        /// The error.
+        source: Errno,
+    },
+}
+
+fn sys(op: &'static str) -> impl FnOnce(Errno) -> PostmasterError {
+    move |source| PostmasterError::Sys { op, source }
+}
+
+/// Settings for [`Postmaster::builder`].
+pub struct PostmasterBuilder {
+    segment_name: Option<String>,
+    shared: SharedConfig,
+    core: CoreConfig,
+    regions: Option<Box<dyn FnOnce(LayoutBuilder) -> LayoutBuilder>>,
+    log: bool,
+}
+
+impl PostmasterBuilder {
+    /// Creates a named segment (`/dev/shm/postmaster.NAME`) that other
+    /// processes of the same user can attach to; without a name the segment
+    /// is an anonymous memfd only the postmaster's children share.
+    pub fn segment_name(mut self, name: impl Into<String>) -> Self {
+        self.segment_name = Some(name.into());
+        self
+    }
+
+    /// The most workers registered at once, and the proc slots for them.
+    pub fn max_workers(mut self, n: u32) -> Self {
+        self.shared.max_workers = n;
+        self.core.max_workers = n;
+        self
+    }
+
+    /// Proc slots for processes that attach by themselves.
+    pub fn max_backends(mut self, n: u32) -> Self {
+        self.shared.max_backends = n;
+        self
+    }
+
+    /// Dynamic registration slots.
+    pub fn max_registrations(mut self, n: u32) -> Self {
+        self.shared.max_registrations = n;
+        self
+    }
+
+    /// The phase reached at start and after each reset.
+    pub fn initial_phase(mut self, phase: Phase) -> Self {
+        self.core.initial_phase = phase;
+        self
+    }
+
+    /// How long children get after SIGQUIT before SIGKILL.
+    pub fn crash_kill_timeout(mut self, timeout: Duration) -> Self {
+        self.core.crash_kill_timeout = timeout;
+        self
+    }
+
+    /// How long after a failed fork a worker is tried again.
+    pub fn fork_retry_delay(mut self, delay: Duration) -> Self {
+        self.core.fork_retry_delay = delay;
+        self
+    }
+
+    /// Adds the application's own regions to the segment.
+    pub fn regions(mut self, add: impl FnOnce(LayoutBuilder) -> LayoutBuilder + 'static) -> Self {
+        self.regions = Some(Box::new(add));
+        self
+    }
+
+    /// Whether to log starts, exits, crashes and resets to stderr (on by
+    /// default).
+    pub fn log(mut self, log: bool) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// The postmaster, ready for entries and registrations.
+    pub fn build(self) -> Postmaster {
+        Postmaster {
+            segment_name: self.segment_name,
+            shared: self.shared,
+            regions: self.regions,
+            log: self.log,
+            core: Core::new(self.core),
+            entries: BTreeMap::new(),
+            children: HashMap::new(),
+            dynamic: HashMap::new(),
+            owner: None,
+            filling_since: HashMap::new(),
+            started: Instant::now(),
+        }
+    }
+}
+
+/// A child the postmaster forked and has not reaped.
+#[derive(Clone, Copy, Debug)]
+struct Child {
+    worker: WorkerId,
+    slot: Option<SlotHandle>,
+}
+
+/// What the postmaster remembers about a dynamic registration.
+#[derive(Clone, Copy, Debug)]
+struct Dynamic {
+    handle: registry::RegHandle,
+    registrant: registry::Registrant,
+    /// Whether the registrant's latch is set on start and stop (kept here:
+    /// the core forgets the spec as soon as the worker is unregistered,
+    /// before the last status change is published).
+    notify: bool,
+}
+
+/// The postmaster; see the module docs.
+pub struct Postmaster {
+    segment_name: Option<String>,
+    shared: SharedConfig,
+    regions: Option<Box<dyn FnOnce(LayoutBuilder) -> LayoutBuilder>>,
+    log: bool,
+    core: Core,
+    entries: BTreeMap<String, Box<Entry>>,
+    children: HashMap<u32, Child>,
+    dynamic: HashMap<WorkerId, Dynamic>,
+    /// The postmaster's authority over registration generations; set up
+    /// when the segment is.
+    owner: Option<RegistryOwner>,
+    /// Registration slots seen half-filled, and since when: a registrant
+    /// that died mid-fill leaves one, freed after [`FILLING_GRACE`].
+    filling_since: HashMap<RegHandle, Duration>,
+    started: Instant,
+}
+
+/// How long a registration slot may stay half-filled before the postmaster
+/// takes it back (its registrant is presumed dead).
+pub const FILLING_GRACE: Duration = Duration::from_secs(5);
+
+impl std::fmt::Debug for Postmaster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postmaster")
+            .field("segment_name", &self.segment_name)
+            .field("entries", &self.entries.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The signals the postmaster reads from its signalfd.
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGCHLD,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+impl Postmaster {
+    /// Settings with defaults: anonymous segment, 64 workers, 16 backends,
+    /// 32 registration slots, phase `PostmasterStart`.
+    pub fn builder() -> PostmasterBuilder {
+        PostmasterBuilder {
+            segment_name: None,
+            shared: SharedConfig::default(),
+            core: CoreConfig::default(),
+            regions: None,
+            log: true,
+        }
+    }
+
+    /// The sizes of the postmaster's regions (an attaching process needs
+    /// them to rebuild the layout).
+    pub fn shared_config(&self) -> SharedConfig {
+        self.shared
+    }
+
+    /// Adds an entry point that specs can name.
+    pub fn entry(
+        &mut self,
+        name: impl Into<String>,
+        entry: impl Fn(&mut WorkerContext<'_>) -> WorkerResult + 'static,
+    ) -> &mut Self {
+        self.entries.insert(name.into(), Box::new(entry));
+        self
+    }
+
+    /// Registers a static worker (before [`run`](Self::run)).
+    pub fn register(&mut self, spec: WorkerSpec) -> Result<WorkerId, PostmasterError> {
+        spec.validate()?;
+        self.check_entry(&spec)?;
+        Ok(self.core.register(spec, false)?)
+    }
+
+    fn check_entry(&self, spec: &WorkerSpec) -> Result<(), PostmasterError> {
+        if self.entries.contains_key(spec.entry_name()) {
+            return Ok(());
+        }
+        Err(PostmasterError::UnknownEntry {
+            worker: spec.name().to_owned(),
+            entry: spec.entry_name().to_owned(),
+            known: self
+                .entries
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    /// The layout the postmaster's segment will have.
+    pub fn layout(&mut self) -> Result<Layout, PostmasterError> {
+        let builder = self.shared.declare(Layout::builder());
+        let builder = match self.regions.take() {
+            Some(add) => add(builder),
+            None => builder,
+        };
+        Ok(builder.build()?)
+    }
+
+    /// Runs the postmaster until it shuts down; returns the exit code the
+    /// process should end with. Refuses to run in a multi-threaded process.
+    pub fn run(mut self) -> Result<i32, PostmasterError> {
+        let threads = thread_count();
+        if threads != 1 {
+            return Err(PostmasterError::MultiThreaded { threads });
+        }
+        let layout = self.layout()?;
+        let mut segment = match &self.segment_name {
+            Some(name) => Segment::create_named(name, &layout)?,
+            None => Segment::create(&layout)?,
+        };
+        let handled = handled_signals();
+        handled.thread_block().map_err(sys("sigprocmask"))?;
+        let signals =
+            SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+                .map_err(sys("signalfd"))?;
+        let pid = getpid().as_raw() as u32;
+        {
+            let shared = Shared::init(&segment, &self.shared)?;
+            shared.control.publish(pid, self.core.phase(), 0);
+            self.owner = Some(RegistryOwner::init(&shared.registry));
+        }
+        self.started = Instant::now();
+        self.log(format_args!(
+            "started (pid {pid}, segment {}, {} bytes)",
+            self.segment_name.as_deref().unwrap_or("<anonymous>"),
+            segment.size()
+        ));
+        let code = loop {
+            let now = self.started.elapsed();
+            self.wait_for_signals(&signals, now)?;
+            let now = self.started.elapsed();
+            self.read_signals(&signals, now);
+            self.reap(&segment, now);
+            self.serve_shared_requests(&segment, now);
+            self.core.tick(now);
+            if let Some(code) = self.apply_actions(&mut segment, &signals, &handled, now)? {
+                break code;
+            }
+        };
+        self.log(format_args!("exiting with code {code}"));
+        drop(segment);
+        Ok(code)
+    }
+
+    fn log(&self, message: std::fmt::Arguments<'_>) {
+        if self.log {
+            eprintln!("postmaster: {message}");
+        }
+    }
+
+    fn wait_for_signals(&self, signals: &SignalFd, now: Duration) -> Result<(), PostmasterError> {
+        let timeout = match self.core.timeout(now) {
+            None => PollTimeout::NONE,
+            Some(wait) => {
+                // Round up, so a timer is never polled for just before it
+                // is due.
+                let ms = wait.as_nanos().div_ceil(1_000_000);
+                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(e) => Err(PostmasterError::Sys {
+                op: "poll",
+                source: e,
+            }),
+        }
+    }
+
+    fn read_signals(&mut self, signals: &SignalFd, now: Duration) {
+        // Bounded: the signalfd holds at most one instance of each standard
+        // signal.
+        for _ in 0..64 {
+            let Ok(Some(info)) = signals.read_signal() else {
+                return;
+            };
+            let mode = match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGTERM) => ShutdownMode::Smart,
+                Ok(Signal::SIGINT) => ShutdownMode::Fast,
+                Ok(Signal::SIGQUIT) => ShutdownMode::Immediate,
+                // SIGCHLD and SIGUSR1: the loop reaps and scans every
+                // iteration anyway; the signal only woke us.
+                _ => continue,
+            };
+            self.log(format_args!("{mode:?} shutdown requested"));
+            self.core.handle(now, Event::Shutdown(mode));
+        }
+    }
+
+    /// Reaps every exited child and tells the core what its proc slot said.
+    fn reap(&mut self, segment: &Segment, now: Duration) {
+        loop {
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, ExitStatus::Signaled(signal as i32))
+                }
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => return,
+            };
+            let pid = pid.as_raw() as u32;
+            let Some(child) = self.children.remove(&pid) else {
+                continue;
+            };
+            let report = match child.slot {
+                None => SlotReport::None,
+                Some(handle) => match Shared::attach(segment, &self.shared) {
+                    Ok(shared) => match shared.procs.release_assigned(handle) {
+                        Ok(released) if released.clean() => SlotReport::Clean,
+                        _ => SlotReport::Dirty,
+                    },
+                    Err(_) => SlotReport::Dirty,
+                },
+            };
+            let name = self
+                .core
+                .spec(child.worker)
+                .map_or("?", |s| s.name())
+                .to_owned();
+            let dirty = if report == SlotReport::Dirty {
+                ", proc slot left dirty"
+            } else {
+                ""
+            };
+            self.log(format_args!(
+                "worker {name} (pid {pid}) ended: {status}{dirty}"
+            ));
+            self.core.handle(
+                now,
+                Event::ChildExited {
+                    pid,
+                    status,
+                    slot: report,
+                },
+            );
+        }
+    }
+
+    /// Registrations, terminate requests and phase announcements.
+    fn serve_shared_requests(&mut self, segment: &Segment, now: Duration) {
+        let shared = match Shared::attach(segment, &self.shared) {
+            Ok(shared) => shared,
+            Err(_) => {
+                self.core.handle(now, Event::SharedStateCorrupt);
+                return;
+            }
+        };
+        if let Some(phase) = shared.control.requested_phase()
+            && phase > self.core.phase()
+        {
+            self.log(format_args!("phase {phase} reached"));
+            self.core.handle(now, Event::PhaseReached(phase));
+            shared.control.publish(
+                getpid().as_raw() as u32,
+                self.core.phase(),
+                self.core.stats().resets,
+            );
+        }
+        let Some(mut owner) = self.owner.take() else {
+            return;
+        };
+        self.serve_registry(&shared, &mut owner, now);
+        self.owner = Some(owner);
+    }
+
+    fn serve_registry(&mut self, shared: &Shared<'_>, owner: &mut RegistryOwner, now: Duration) {
+        let registry = &shared.registry;
+        let scan = match owner.scan(registry) {
+            Ok(scan) => scan,
+            Err(e) => {
+                self.log(format_args!("registration slots unreadable: {e}"));
+                self.core.handle(now, Event::SharedStateCorrupt);
+                return;
+            }
+        };
+        for corrupt in scan.corrupt {
+            // A scribbled slot costs only itself: take it back.
+            self.log(format_args!(
+                "registration slot {}: {:?}; freeing it",
+                corrupt.handle, corrupt.problem
+            ));
+            let _ = owner.release(registry, corrupt.handle);
+        }
+        for submission in scan.submissions {
+            let handle = submission.handle;
+            let registration = match submission.registration {
+                Ok(registration) => registration,
+                Err(invalid) => {
+                    self.log(format_args!("rejected registration {handle}: {invalid}"));
+                    let _ = owner.reject(registry, handle, invalid.reject_reason());
+                    continue;
+                }
+            };
+            let registry::Registration { spec, registrant } = registration;
+            if let Err(e) = self.check_entry(&spec) {
+                self.log(format_args!("rejected dynamic worker: {e}"));
+                let _ = owner.reject(registry, handle, RejectReason::UnknownEntry);
+                continue;
+            }
+            match self.core.register(spec.clone(), true) {
+                Ok(id) => {
+                    if owner.accept(registry, handle).is_ok() {
+                        self.dynamic.insert(
+                            id,
+                            Dynamic {
+                                handle,
+                                registrant,
+                                notify: spec.notifies(),
+                            },
+                        );
+                        self.log(format_args!("registered dynamic worker {}", spec.name()));
+                    } else {
+                        // Withdrawn between scan and accept: forget it.
+                        self.core.handle(now, Event::Terminate(id));
+                    }
+                }
+                Err(e) => {
+                    let reason = match e {
+                        RegisterError::Full { .. } => RejectReason::NoWorkerSlot,
+                        RegisterError::DuplicateName(_) => RejectReason::DuplicateName,
+                        RegisterError::ShuttingDown => RejectReason::ShuttingDown,
+                    };
+                    let _ = owner.reject(registry, handle, reason);
+                }
+            }
+        }
+        for handle in scan.terminate_requests {
+            let found = self
+                .dynamic
+                .iter()
+                .find(|(_, d)| d.handle == handle)
+                .map(|(id, _)| *id);
+            match found {
+                Some(id) => self.core.handle(now, Event::Terminate(id)),
+                // A rejected (or never accepted) registration withdrawn by
+                // its registrant: nothing runs, free the slot.
+                None => {
+                    let _ = owner.release(registry, handle);
+                }
+            }
+        }
+        self.filling_since.retain(|h, _| scan.filling.contains(h));
+        for handle in scan.filling {
+            let since = *self.filling_since.entry(handle).or_insert(now);
+            if now.saturating_sub(since) >= FILLING_GRACE {
+                self.log(format_args!(
+                    "registration slot {handle} stayed half-filled; freeing it"
+                ));
+                let _ = owner.release(registry, handle);
+                self.filling_since.remove(&handle);
+            }
+        }
+    }
+
+    /// Carries out the core's actions; `Some(code)` when it is time to exit.
+    fn apply_actions(
+        &mut self,
+        segment: &mut Segment,
+        signals: &SignalFd,
+        handled: &SigSet,
+        now: Duration,
+    ) -> Result<Option<i32>, PostmasterError> {
+        while let Some(action) = self.core.next_action() {
+            match action {
+                Action::Fork { worker } => {
+                    let event = self.fork_worker(worker, segment, signals, handled);
+                    self.core.handle(now, event);
+                }
+                Action::Signal { pid, signal } => {
+                    let signal = match signal {
+                        Sig::Term => Signal::SIGTERM,
+                        Sig::Quit => Signal::SIGQUIT,
+                        Sig::Kill => Signal::SIGKILL,
+                    };
+                    // ESRCH: it died already; the reap will tell the core.
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), signal);
+                }
+                Action::ResetSegment => {
+                    self.reset_segment(segment)?;
+                    self.core.handle(now, Event::ResetDone);
+                }
+                Action::Status { worker, status } => self.publish_status(segment, worker, status),
+                Action::Unregistered { worker, name } => {
+                    self.log(format_args!("worker {name} unregistered"));
+                    if let Some(d) = self.dynamic.remove(&worker)
+                        && let Ok(shared) = Shared::attach(segment, &self.shared)
+                        && let Some(owner) = self.owner.as_mut()
+                    {
+                        let _ = owner.release(&shared.registry, d.handle);
+                    }
+                }
+                Action::CrashDetected {
+                    worker,
+                    pid,
+                    status,
+                } => {
+                    let name = worker
+                        .and_then(|w| self.core.spec(w))
+                        .map_or("shared state".to_owned(), |s| {
+                            format!("worker {}", s.name())
+                        });
+                    let how =
+                        status.map_or("found corrupt".to_owned(), |s| format!("ended with {s}"));
+                    self.log(format_args!(
+                        "{name} (pid {pid}) {how}: stopping every worker and resetting shared memory"
+                    ));
+                }
+                Action::Exit { code } => return Ok(Some(code)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Forks `worker` into a fresh proc slot (if it has shared-memory
+    /// access). The child never returns from here.
+    fn fork_worker(
+        &mut self,
+        worker: WorkerId,
+        segment: &Segment,
+        signals: &SignalFd,
+        handled: &SigSet,
+    ) -> Event {
+        let Some(spec) = self.core.spec(worker).cloned() else {
+            return Event::ForkFailed { worker };
+        };
+        let slot = if spec.has_shmem() {
+            let assigned = Shared::attach(segment, &self.shared)
+                .map_err(|e| e.to_string())
+                .and_then(|shared| {
+                    shared
+                        .procs
+                        .assign(Kind::Worker, u64::from(worker.index))
+                        .map_err(|e| match e {
+                            ProcArrayError::NoFreeSlot { .. } => String::new(),
+                            other => other.to_string(),
+                        })
+                });
+            match assigned {
+                Ok(handle) => Some(handle),
+                Err(corrupt) => {
+                    if !corrupt.is_empty() {
+                        self.log(format_args!("proc array: {corrupt}"));
+                        // Retry after the reset this asks for.
+                        self.core
+                            .handle(self.started.elapsed(), Event::SharedStateCorrupt);
+                    }
+                    return Event::ForkFailed { worker };
+                }
+            }
+        } else {
+            None
+        };
+        let postmaster_pid = getpid().as_raw() as u32;
+        // SAFETY: the postmaster is single-threaded (run() checked), so the
+        // child is a complete copy; it runs only run_child, which never
+        // returns into the postmaster's loop.
+        match unsafe { fork() } {
+            Ok(ForkResult::Parent { child }) => {
+                let pid = child.as_raw() as u32;
+                self.children.insert(pid, Child { worker, slot });
+                Event::Forked { worker, pid }
+            }
+            Ok(ForkResult::Child) => {
+                let entry = self
+                    .entries
+                    .get(spec.entry_name())
+                    .expect("entries are checked at registration");
+                // SAFETY: run_child never returns, so the postmaster's
+                // frames that own `signals` are never resumed in this
+                // process and this copy is the only owner. Dropping it
+                // closes the child's descriptor: the child must not read
+                // the postmaster's signals.
+                drop(unsafe { std::ptr::read(signals) });
+                // SAFETY: as above, for the segment: the child takes over
+                // the mapping, and the postmaster's copy of the value is
+                // never used or dropped in this process.
+                let child_segment = unsafe { std::ptr::read(segment) };
+                run_child(ChildStart {
+                    spec,
+                    entry: entry.as_ref(),
+                    segment: child_segment,
+                    config: self.shared,
+                    slot,
+                    postmaster_pid,
+                    handled: *handled,
+                })
+            }
+            Err(e) => {
+                self.log(format_args!("fork failed for worker {}: {e}", spec.name()));
+                if let Some(handle) = slot
+                    && let Ok(shared) = Shared::attach(segment, &self.shared)
+                {
+                    let _ = shared.procs.release_assigned(handle);
+                }
+                Event::ForkFailed { worker }
+            }
+        }
+    }
+
+    fn publish_status(&mut self, segment: &Segment, worker: WorkerId, status: WorkerStatus) {
+        if let WorkerStatus::Started { pid } = status {
+            let name = self.core.spec(worker).map_or("?", |s| s.name());
+            self.log(format_args!("worker {name} started (pid {pid})"));
+        }
+        let Some(d) = self.dynamic.get(&worker).copied() else {
+            return;
+        };
+        let Ok(shared) = Shared::attach(segment, &self.shared) else {
+            return;
+        };
+        if let Some(owner) = self.owner.as_ref() {
+            let _ = match status {
+                WorkerStatus::Started { pid } => owner.set_started(&shared.registry, d.handle, pid),
+                WorkerStatus::Stopped => owner.set_stopped(&shared.registry, d.handle),
+            };
+        }
+        if d.notify
+            && let Some(index) = d.registrant.proc_index
+            && let Some(slot) = shared.procs.get(index)
+            && slot.pid() == d.registrant.pid
+        {
+            slot.latch().set();
+        }
+    }
+
+    /// Every child is gone: zero the segment, rebuild the postmaster's
+    /// regions, and put surviving dynamic registrations back with new
+    /// generations (so every handle from before the reset is stale).
+    fn reset_segment(&mut self, segment: &mut Segment) -> Result<(), PostmasterError> {
+        segment.reinit();
+        let shared = Shared::init(segment, &self.shared)?;
+        let resets = self.core.stats().resets;
+        shared.control.publish(
+            getpid().as_raw() as u32,
+            self.core.config().initial_phase,
+            resets,
+        );
+        let owner = self
+            .owner
+            .get_or_insert_with(|| RegistryOwner::init(&shared.registry));
+        owner.restore_after_reset(&shared.registry)?;
+        self.filling_since.clear();
+        for (id, d) in self.dynamic.iter_mut() {
+            if let Some(spec) = self.core.spec(*id) {
+                // Cannot fail for want of room: every slot is free and there
+                // are no more dynamic workers than slots.
+                if let Ok(handle) = owner.reinstall(&shared.registry, spec, d.registrant) {
+                    d.handle = handle;
+                }
+            }
+        }
+        self.log(format_args!(
+            "shared memory reset (generation {}, reset #{resets})",
+            segment.generation()
+        ));
+        Ok(())
+    }
+}
+
+/// The number of threads of this process, from /proc/self/status.
+fn thread_count() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

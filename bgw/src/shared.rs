@@ -1,0 +1,190 @@
+//! What the postmaster keeps in its segment, and the view every attached
+//! process uses to reach it.
+//!
+//! | region                | written by                       | read by                     |
+//! |-----------------------|----------------------------------|-----------------------------|
+//! | [`Control`]           | postmaster (pid, phase, resets); | everyone                    |
+//! |                       | anyone (`phase_request`)         | postmaster                  |
+//! | proc array            | see `proclist`                   |                             |
+//! | registration slots    | see [`crate::registry`]          |                             |
+//! | the application's own | the application                  | the application             |
+//!
+//! Every region is all-zero valid, so a reset is "zero the segment and
+//! initialise the proc array's free lists".
+
+use proclist::{Kind, ProcArray, ProcArrayConfig, ProcArrayError};
+use shmem::sync::{AtomicU32, AtomicU64, Ordering};
+use shmem::{LayoutBuilder, RegionError, Segment};
+use thiserror::Error;
+
+use crate::registry::Registry;
+use crate::spec::Phase;
+
+/// Region name of the [`Control`] block.
+pub const CONTROL_REGION: &str = "bgw.control";
+
+/// The postmaster's public facts, one cache line.
+#[repr(C, align(128))]
+#[derive(Debug, Default)]
+pub struct Control {
+    /// The postmaster's pid; written once per (re)initialisation.
+    postmaster_pid: AtomicU32,
+    /// The phase the postmaster has reached, as its wire number.
+    phase: AtomicU32,
+    /// 1 + the highest phase a process asked the postmaster to announce;
+    /// 0 = none asked.
+    phase_request: AtomicU32,
+    /// Segment resets so far (the postmaster rewrites it after each).
+    resets: AtomicU64,
+}
+
+// SAFETY: repr(C) atomics only: any bytes are valid values, no pointers,
+// every mutation is atomic.
+#[cfg(not(loom))]
+unsafe impl shmem::ShmSafe for Control {}
+
+impl Control {
+    /// The postmaster's pid (0 before it wrote it).
+    pub fn postmaster_pid(&self) -> u32 {
+        // Relaxed: written before any child is forked (fork orders it) or
+        // before the segment is published to attachers.
+        self.postmaster_pid.load(Ordering::Relaxed)
+    }
+
+    /// The phase the postmaster has reached.
+    pub fn phase(&self) -> Phase {
+        // Relaxed: a status read; nothing else is published with it.
+        Phase::from_u8(self.phase.load(Ordering::Relaxed) as u8).unwrap_or_default()
+    }
+
+    /// How many resets the postmaster has done.
+    pub fn resets(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.resets.load(Ordering::Relaxed)
+    }
+
+    /// Asks the postmaster to announce `phase` (the caller then signals
+    /// it). Requests only move forward.
+    pub fn request_phase(&self, phase: Phase) {
+        // Relaxed: the postmaster reads it after the SIGUSR1 the caller
+        // sends next, and nothing else is published with it.
+        self.phase_request
+            .fetch_max(phase as u32 + 1, Ordering::Relaxed);
+    }
+
+    /// The postmaster's side: the highest phase asked for, if any is valid.
+    pub(crate) fn requested_phase(&self) -> Option<Phase> {
+        // Relaxed: see request_phase.
+        let raw = self.phase_request.load(Ordering::Relaxed);
+        raw.checked_sub(1)
+            .and_then(|p| u8::try_from(p).ok())
+            .and_then(Phase::from_u8)
+    }
+
+    pub(crate) fn publish(&self, pid: u32, phase: Phase, resets: u64) {
+        // Relaxed: status fields; see the readers.
+        self.postmaster_pid.store(pid, Ordering::Relaxed);
+        self.phase.store(phase as u32, Ordering::Relaxed);
+        self.resets.store(resets, Ordering::Relaxed);
+    }
+}
+
+/// The sizes of the postmaster's regions. Every process that attaches must
+/// use the same values (the layout hash checks it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SharedConfig {
+    /// Proc slots for workers the postmaster forks.
+    pub max_workers: u32,
+    /// Proc slots for processes that attach by themselves.
+    pub max_backends: u32,
+    /// Dynamic registration slots.
+    pub max_registrations: u32,
+}
+
+impl Default for SharedConfig {
+    fn default() -> Self {
+        SharedConfig {
+            max_workers: 64,
+            max_backends: 16,
+            max_registrations: 32,
+        }
+    }
+}
+
+impl SharedConfig {
+    /// The proc array's configuration.
+    pub fn procs(&self) -> ProcArrayConfig {
+        ProcArrayConfig {
+            workers: self.max_workers,
+            backends: self.max_backends,
+        }
+    }
+
+    /// Adds the postmaster's regions to a layout.
+    pub fn declare(&self, builder: LayoutBuilder) -> LayoutBuilder {
+        let builder = builder.region::<Control>(CONTROL_REGION);
+        let builder = ProcArray::declare(builder, self.procs());
+        Registry::declare(builder, self.max_registrations as usize)
+    }
+}
+
+/// The postmaster's regions in a mapped segment.
+#[derive(Clone, Copy, Debug)]
+pub struct Shared<'a> {
+    /// The segment.
+    pub segment: &'a Segment,
+    /// The control block.
+    pub control: &'a Control,
+    /// The proc array.
+    pub procs: ProcArray<'a>,
+    /// The registration slots.
+    pub registry: Registry<'a>,
+}
+
+/// Why the postmaster's regions could not be reached.
+#[derive(Debug, Error)]
+pub enum SharedError {
+    /// A region is missing or of another type: the segment was made by a
+    /// program with another layout.
+    #[error("the segment lacks the postmaster's regions: {0}")]
+    Region(#[from] RegionError),
+    /// The proc array does not match.
+    #[error(transparent)]
+    Procs(#[from] ProcArrayError),
+    /// The registration slots do not match.
+    #[error("registration slots: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
+}
+
+impl<'a> Shared<'a> {
+    /// Initialises the regions of a new or freshly reset segment.
+    pub fn init(segment: &'a Segment, config: &SharedConfig) -> Result<Self, SharedError> {
+        let procs = ProcArray::init(segment, config.procs())?;
+        Self::with_procs(segment, procs)
+    }
+
+    /// The regions of a segment another process initialised.
+    pub fn attach(segment: &'a Segment, config: &SharedConfig) -> Result<Self, SharedError> {
+        let procs = ProcArray::attach(segment, config.procs())?;
+        Self::with_procs(segment, procs)
+    }
+
+    fn with_procs(segment: &'a Segment, procs: ProcArray<'a>) -> Result<Self, SharedError> {
+        Ok(Shared {
+            segment,
+            control: segment.region::<Control>(CONTROL_REGION)?,
+            procs,
+            registry: Registry::from_segment(segment)?,
+        })
+    }
+
+    /// Worker slots in use, for status displays.
+    pub fn workers_in_use(&self) -> usize {
+        let config = self.procs.config();
+        let start = config.start(Kind::Worker);
+        (start..start + config.size(Kind::Worker))
+            .filter_map(|i| self.procs.get(i))
+            .filter(|s| s.status().state != proclist::slot::FREE)
+            .count()
+    }
+}
