@@ -265,6 +265,28 @@ impl WorkerContext<'_> {
         self.shared.map(|s| s.segment.generation())
     }
 
+    /// Reports the worker ready: `wait_ready` callers and ordered groups
+    /// go on. A worker without shared-memory access counts as ready once
+    /// it runs.
+    pub fn ready(&self) {
+        if let (Some(shared), Some(slot)) = (self.shared, self.slot)
+            && let Some(board) = shared.board.get(slot.index as usize)
+        {
+            board.set_ready(slot.generation);
+            signal_postmaster(self.postmaster_pid);
+        }
+    }
+
+    /// Feeds the watchdog (see `WorkerSpec::watchdog`). Cheap: one store.
+    pub fn heartbeat(&self) {
+        if let (Some(shared), Some(slot)) = (self.shared, self.slot)
+            && let Some(proc) = shared.procs.get(slot.index)
+        {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+            proc.beat(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64);
+        }
+    }
+
     /// Enters a critical section: until the guard drops, a crash of this
     /// worker resets the segment. `None` without shared-memory access.
     pub fn critical(&self) -> Option<CriticalGuard<'_>> {

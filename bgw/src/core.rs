@@ -58,7 +58,11 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
-use crate::spec::{Phase, Restart, WorkerSpec};
+use crate::group::{Escalation, GroupSpec, RestartWindow, Strategy};
+use crate::spec::{OnCrash, Phase, Restart, WorkerSpec};
+
+/// How many recent exits a worker remembers for the escalation log line.
+const RECENT_EXITS: usize = 5;
 
 /// Names one registration in the core. The generation makes a handle to a
 /// worker that has been unregistered stale: it never names the next worker
@@ -141,8 +145,12 @@ pub enum SlotReport {
     /// The child finished its cleanup, or never started it: shared state is
     /// consistent.
     Clean,
-    /// The slot was still active, inside a critical section, or overwritten:
-    /// shared state may be damaged.
+    /// The slot was still active (the child died without its cleanup) but
+    /// outside every critical section: shared state is consistent, and a
+    /// worker whose policy is [`OnCrash::Contain`] can be restarted alone.
+    Abandoned,
+    /// The slot was inside a critical section, or overwritten: shared state
+    /// may be damaged.
     Dirty,
 }
 
@@ -181,6 +189,10 @@ pub enum Event {
     SharedStateCorrupt,
     /// The driver reset the segment, as [`Action::ResetSegment`] asked.
     ResetDone,
+    /// The worker reported that it is ready.
+    Ready(WorkerId),
+    /// The driver saw the worker's heartbeat advance.
+    Heartbeat(WorkerId),
 }
 
 /// Whether a worker is running, as reported to its registrant.
@@ -239,6 +251,35 @@ pub enum Action {
         /// How it ended.
         status: Option<ExitStatus>,
     },
+    /// A shared-memory worker crashed outside every critical section and
+    /// was contained: restarted alone, no reset. The driver releases what
+    /// it held (names, inbox, ring ends) like after a clean exit.
+    Contained {
+        /// The worker.
+        worker: WorkerId,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// A worker missed its watchdog heartbeat and is being killed.
+    WatchdogExpired {
+        /// The worker.
+        worker: WorkerId,
+        /// Its pid.
+        pid: u32,
+    },
+    /// A group exceeded its restart intensity (for the log).
+    Escalated {
+        /// The group's name.
+        group: String,
+        /// The worker whose failure was one too many.
+        worker: String,
+        /// Its most recent exits, oldest first.
+        exits: Vec<ExitStatus>,
+        /// What happens now.
+        escalation: Escalation,
+    },
     /// Every child is reaped after a shutdown: exit with this code.
     Exit {
         /// The process exit code.
@@ -259,6 +300,9 @@ pub struct CoreConfig {
     pub crash_kill_timeout: Duration,
     /// How long after a failed fork the worker is tried again.
     pub fork_retry_delay: Duration,
+    /// Seed of the generator behind backoff jitter (the core stays
+    /// deterministic).
+    pub seed: u64,
 }
 
 impl Default for CoreConfig {
@@ -268,6 +312,7 @@ impl Default for CoreConfig {
             initial_phase: Phase::PostmasterStart,
             crash_kill_timeout: Duration::from_secs(5),
             fork_retry_delay: Duration::from_millis(100),
+            seed: 0x5eed,
         }
     }
 }
@@ -287,6 +332,17 @@ pub enum RegisterError {
     /// The postmaster is shutting down and starts nothing new.
     #[error("the postmaster is shutting down")]
     ShuttingDown,
+    /// The spec names a group that was never added.
+    #[error("no supervision group named {name:?} (groups: {known})")]
+    UnknownGroup {
+        /// The name.
+        name: String,
+        /// The groups that exist, comma-separated.
+        known: String,
+    },
+    /// A group with this name exists already.
+    #[error("a group named {0:?} already exists")]
+    DuplicateGroup(String),
 }
 
 /// Where a worker is in its life cycle.
@@ -305,6 +361,9 @@ pub enum RunState {
         /// Its pid.
         pid: u32,
     },
+    /// Stopped as part of its group's restart (one for all, rest for one):
+    /// waits until every affected sibling is down, then starts again.
+    Held,
     /// Asked to stop (SIGTERM or SIGQUIT sent); SIGKILL is due at
     /// `kill_at` unless it was already sent.
     Stopping {
@@ -342,8 +401,29 @@ pub struct WorkerInfo {
     pub last_exit: Option<ExitStatus>,
     /// A terminate request was seen: it will not start again.
     pub terminating: bool,
+    /// The supervision group (index; 0 is the root).
+    pub group: u32,
+    /// Reported ready since its last start.
+    pub ready: bool,
+    /// Restarts after failures (not the first start, not reset restarts).
+    pub restarts: u64,
+    /// Failures in a row (drives the backoff); cleared once it runs for
+    /// the backoff's cap.
+    pub failures: u32,
+    /// Its most recent exits, oldest first.
+    pub recent_exits: VecDeque<ExitStatus>,
+    /// When its current run began.
+    pub started_at: Option<Duration>,
+    /// When the watchdog fires unless a heartbeat comes first.
+    pub watchdog_due: Option<Duration>,
     /// Position in start order (higher = started later).
     start_seq: u64,
+    /// Position in registration order (its group's start order).
+    reg_seq: u64,
+    /// Being stopped by its group's restart, not failing on its own.
+    stopping_for_group: bool,
+    /// SIGKILL was sent.
+    killed: bool,
 }
 
 /// The postmaster's own state.
@@ -370,10 +450,41 @@ pub enum PmState {
 pub struct CoreStats {
     /// Segment resets asked for.
     pub resets: u64,
+    /// Crashes of shared-memory workers contained without a reset.
+    pub containments: u64,
     /// Forks asked for.
     pub forks: u64,
     /// Failed forks reported.
     pub fork_failures: u64,
+    /// Restarts after failures.
+    pub restarts: u64,
+    /// Groups that exceeded their restart intensity.
+    pub escalations: u64,
+    /// Workers killed by their watchdog.
+    pub watchdog_kills: u64,
+}
+
+/// A supervision group's state.
+#[derive(Debug)]
+struct Group {
+    spec: GroupSpec,
+    window: RestartWindow,
+    /// Over its intensity: stopping, never restarting.
+    escalated: bool,
+    /// The delay before held members start, once every affected sibling is
+    /// down.
+    pending_delay: Option<Duration>,
+}
+
+/// OTP's `count_children`, for one group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChildCounts {
+    /// Registered workers.
+    pub specs: usize,
+    /// Workers with a live process.
+    pub active: usize,
+    /// Workers reported ready.
+    pub ready: usize,
 }
 
 /// The postmaster's state machine; see the module docs.
@@ -385,7 +496,11 @@ pub struct Core {
     state: PmState,
     actions: VecDeque<Action>,
     next_start_seq: u64,
+    next_reg_seq: u64,
     stats: CoreStats,
+    groups: Vec<Group>,
+    rng: u64,
+    exit_code: i32,
 }
 
 #[derive(Debug)]
@@ -399,13 +514,68 @@ impl Core {
     pub fn new(config: CoreConfig) -> Self {
         Core {
             phase: config.initial_phase,
+            rng: config.seed,
             config,
             slots: Vec::new(),
             state: PmState::Running,
             actions: VecDeque::new(),
             next_start_seq: 0,
+            next_reg_seq: 0,
             stats: CoreStats::default(),
+            groups: vec![Group::new(GroupSpec::root())],
+            exit_code: 0,
         }
+    }
+
+    /// Adds a supervision group that specs can name.
+    pub fn add_group(&mut self, spec: GroupSpec) -> Result<u32, RegisterError> {
+        if self.group_index(spec.name()).is_some() {
+            return Err(RegisterError::DuplicateGroup(spec.name().to_owned()));
+        }
+        self.groups.push(Group::new(spec));
+        Ok(self.groups.len() as u32 - 1)
+    }
+
+    fn group_index(&self, name: &str) -> Option<u32> {
+        self.groups
+            .iter()
+            .position(|g| g.spec.name() == name)
+            .map(|i| i as u32)
+    }
+
+    /// Every group's settings, root first.
+    pub fn groups(&self) -> impl Iterator<Item = &GroupSpec> {
+        self.groups.iter().map(|g| &g.spec)
+    }
+
+    /// OTP's `which_children`: the group's workers in start order.
+    pub fn which_children(&self, group: &str) -> Vec<&WorkerInfo> {
+        let Some(g) = self.group_index(group) else {
+            return Vec::new();
+        };
+        let mut children: Vec<&WorkerInfo> = self.workers().filter(|w| w.group == g).collect();
+        children.sort_by_key(|w| w.reg_seq);
+        children
+    }
+
+    /// OTP's `count_children`.
+    pub fn count_children(&self, group: &str) -> ChildCounts {
+        let children = self.which_children(group);
+        ChildCounts {
+            specs: children.len(),
+            active: children.iter().filter(|w| w.state.pid().is_some()).count(),
+            ready: children.iter().filter(|w| w.ready).count(),
+        }
+    }
+
+    /// A uniform draw from `[0, 1)` (splitmix64), for backoff jitter.
+    fn random(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// The configuration.
@@ -437,6 +607,20 @@ impl Core {
         if self.workers().any(|w| w.spec.name() == spec.name()) {
             return Err(RegisterError::DuplicateName(spec.name().to_owned()));
         }
+        let group = match spec.group_name() {
+            None => 0,
+            Some(name) => self
+                .group_index(name)
+                .ok_or_else(|| RegisterError::UnknownGroup {
+                    name: name.to_owned(),
+                    known: self
+                        .groups
+                        .iter()
+                        .map(|g| g.spec.name())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                })?,
+        };
         let index = match self.slots.iter().position(|s| s.worker.is_none()) {
             Some(index) => index,
             None if self.slots.len() < self.config.max_workers as usize => {
@@ -458,6 +642,7 @@ impl Core {
             index: index as u32,
             generation: slot.generation,
         };
+        self.next_reg_seq += 1;
         slot.worker = Some(WorkerInfo {
             id,
             spec,
@@ -466,7 +651,17 @@ impl Core {
             starts: 0,
             last_exit: None,
             terminating: false,
+            group,
+            ready: false,
+            restarts: 0,
+            failures: 0,
+            recent_exits: VecDeque::new(),
+            started_at: None,
+            watchdog_due: None,
             start_seq: 0,
+            reg_seq: self.next_reg_seq,
+            stopping_for_group: false,
+            killed: false,
         });
         Ok(id)
     }
@@ -541,6 +736,21 @@ impl Core {
             Event::Terminate(id) => self.terminate(now, id),
             Event::SharedStateCorrupt => self.crash(now, None, 0, None),
             Event::ResetDone => self.reset_done(),
+            Event::Ready(id) => {
+                if let Some(w) = self.worker_mut(id)
+                    && matches!(w.state, RunState::Running { .. })
+                {
+                    w.ready = true;
+                }
+            }
+            Event::Heartbeat(id) => {
+                if let Some(w) = self.worker_mut(id)
+                    && matches!(w.state, RunState::Running { .. })
+                    && let Some(interval) = w.spec.watchdog_interval()
+                {
+                    w.watchdog_due = now.checked_add(interval);
+                }
+            }
         }
     }
 
@@ -551,11 +761,10 @@ impl Core {
         if self.state != PmState::Running {
             return;
         }
-        let phase = self.phase;
         let next = self
             .workers()
-            .filter(|w| w.ready_to_start(phase, now))
-            .min_by_key(|w| w.id)
+            .filter(|w| self.may_start(w) && w.due(now))
+            .min_by_key(|w| (w.reg_seq, w.id))
             .map(|w| w.id);
         if let Some(id) = next {
             self.next_start_seq += 1;
@@ -586,11 +795,14 @@ impl Core {
                     kill_at: Some(at), ..
                 } => consider(at),
                 RunState::Waiting { not_before }
-                    if self.state == PmState::Running
-                        && w.spec.start_phase() <= self.phase
-                        && !w.terminating =>
+                    if self.state == PmState::Running && self.may_start(w) =>
                 {
                     consider(not_before.unwrap_or(now))
+                }
+                RunState::Running { .. } => {
+                    if let Some(at) = w.watchdog_due {
+                        consider(at)
+                    }
                 }
                 _ => {}
             }
@@ -607,7 +819,11 @@ impl Core {
             return;
         }
         w.state = RunState::Running { pid };
-        let terminating = w.terminating;
+        w.started_at = Some(now);
+        w.ready = false;
+        w.killed = false;
+        w.watchdog_due = w.spec.watchdog_interval().and_then(|i| now.checked_add(i));
+        let terminating = w.terminating || w.stopping_for_group;
         self.actions.push_back(Action::Status {
             worker: id,
             status: WorkerStatus::Started { pid },
@@ -635,35 +851,48 @@ impl Core {
             // Not ours (or reaped twice): nothing to do.
             return;
         };
-        let (shmem, terminating, restart) = {
+        let (shmem, policy, terminating, for_group, ran_for) = {
             let w = self.worker_mut(id).expect("found by pid");
             w.last_exit = Some(status);
+            if w.recent_exits.len() == RECENT_EXITS {
+                w.recent_exits.pop_front();
+            }
+            w.recent_exits.push_back(status);
             w.state = RunState::Waiting { not_before: None };
-            (w.spec.has_shmem(), w.terminating, w.spec.restart_policy())
+            w.ready = false;
+            w.watchdog_due = None;
+            let ran_for = w
+                .started_at
+                .map_or(Duration::ZERO, |t| now.saturating_sub(t));
+            (
+                w.spec.has_shmem(),
+                w.spec.crash_policy(),
+                w.terminating,
+                std::mem::take(&mut w.stopping_for_group),
+                ran_for,
+            )
         };
         self.actions.push_back(Action::Status {
             worker: id,
             status: WorkerStatus::Stopped,
         });
-        let crashed = report == SlotReport::Dirty || (shmem && !status.is_normal());
+        let abnormal = !status.is_normal() || report == SlotReport::Abandoned;
+        let must_reset =
+            report == SlotReport::Dirty || (shmem && abnormal && policy == OnCrash::ResetAll);
         match self.state {
-            PmState::Running if crashed => {
+            PmState::Running if must_reset => {
                 self.crash(now, Some(id), pid, Some(status));
             }
             PmState::Running => {
-                if status.is_finished() || terminating {
-                    self.unregister(id);
-                } else {
-                    match restart {
-                        Restart::Never => self.unregister(id),
-                        Restart::After(delay) => {
-                            let w = self.worker_mut(id).expect("found by pid");
-                            w.state = RunState::Waiting {
-                                not_before: Some(now + delay),
-                            };
-                        }
-                    }
+                if shmem && abnormal {
+                    self.stats.containments += 1;
+                    self.actions.push_back(Action::Contained {
+                        worker: id,
+                        pid,
+                        status,
+                    });
                 }
+                self.after_exit(now, id, status, for_group, ran_for);
             }
             PmState::Resetting { .. } => {
                 if status.is_finished() || terminating {
@@ -675,6 +904,196 @@ impl Core {
                 self.settle(now);
             }
             PmState::Exited => {}
+        }
+    }
+
+    /// Supervision after an exit that needs no reset: restart per policy,
+    /// group strategy, intensity and backoff.
+    fn after_exit(
+        &mut self,
+        now: Duration,
+        id: WorkerId,
+        status: ExitStatus,
+        for_group: bool,
+        ran_for: Duration,
+    ) {
+        let w = self.worker(id).expect("caller checked");
+        let g = w.group as usize;
+        let policy = w.spec.restart_policy();
+        if for_group {
+            // Stopped by its group's restart: wait for the others.
+            if w.terminating || policy == Restart::Temporary {
+                self.unregister(id);
+            } else {
+                self.worker_mut(id).expect("checked").state = RunState::Held;
+            }
+            self.release_held(g, now);
+            return;
+        }
+        if w.terminating || !policy.restarts_after(status.is_finished()) {
+            self.unregister(id);
+            return;
+        }
+        if self.groups[g].escalated {
+            self.worker_mut(id).expect("checked").state = RunState::Held;
+            self.settle_escalation(g);
+            return;
+        }
+        let spec = self.groups[g].spec.clone();
+        let failures = {
+            let w = self.worker_mut(id).expect("checked");
+            if ran_for >= spec.backoff_value().max && !spec.backoff_value().max.is_zero() {
+                w.failures = 0;
+            }
+            w.failures = w.failures.saturating_add(1);
+            w.failures
+        };
+        if !self.groups[g].window.allow(spec.intensity_value(), now) {
+            self.escalate(g, now, id);
+            return;
+        }
+        let random = self.random();
+        let delay = match policy {
+            Restart::After(delay) => delay,
+            _ => spec.backoff_value().delay(failures, random),
+        };
+        self.stats.restarts += 1;
+        let w = self.worker_mut(id).expect("checked");
+        w.restarts += 1;
+        let reg_seq = w.reg_seq;
+        match spec.strategy_value() {
+            Strategy::OneForOne => {
+                w.state = RunState::Waiting {
+                    not_before: now.checked_add(delay),
+                };
+            }
+            strategy => {
+                w.state = RunState::Held;
+                let affected: Vec<WorkerId> = self
+                    .workers()
+                    .filter(|o| o.group as usize == g && o.id != id)
+                    .filter(|o| strategy == Strategy::OneForAll || o.reg_seq > reg_seq)
+                    .map(|o| o.id)
+                    .collect();
+                for other in affected {
+                    self.hold_for_group(now, other);
+                }
+                let group = &mut self.groups[g];
+                group.pending_delay = Some(group.pending_delay.map_or(delay, |d| d.max(delay)));
+                self.release_held(g, now);
+            }
+        }
+    }
+
+    /// Stops (or holds) a sibling of a failed worker for its group's
+    /// restart. Temporary workers are not restarted: they go for good.
+    fn hold_for_group(&mut self, now: Duration, id: WorkerId) {
+        let Some(w) = self.worker_mut(id) else { return };
+        if w.spec.restart_policy() == Restart::Temporary {
+            w.terminating = true;
+        }
+        match w.state {
+            RunState::Running { .. } => {
+                w.stopping_for_group = true;
+                self.signal_stop(now, id, Sig::Term);
+            }
+            RunState::Stopping { .. } | RunState::Forking => w.stopping_for_group = true,
+            RunState::Waiting { .. } if w.terminating => self.unregister(id),
+            RunState::Waiting { .. } => w.state = RunState::Held,
+            RunState::Held => {}
+        }
+    }
+
+    /// Starts a group's held workers once none of its members is still
+    /// being stopped for the group.
+    fn release_held(&mut self, g: usize, now: Duration) {
+        let busy = self.workers().any(|w| {
+            w.group as usize == g
+                && w.stopping_for_group
+                && (w.state.pid().is_some() || w.state == RunState::Forking)
+        });
+        if busy {
+            return;
+        }
+        let delay = self.groups[g].pending_delay.take().unwrap_or_default();
+        let held: Vec<WorkerId> = self
+            .workers()
+            .filter(|w| w.group as usize == g && w.state == RunState::Held)
+            .map(|w| w.id)
+            .collect();
+        for id in held {
+            if let Some(w) = self.worker_mut(id) {
+                w.state = RunState::Waiting {
+                    not_before: now.checked_add(delay),
+                };
+            }
+        }
+    }
+
+    /// A group failed once too often: stop it, then shut down or leave it
+    /// stopped, as its escalation says.
+    fn escalate(&mut self, g: usize, now: Duration, id: WorkerId) {
+        self.stats.escalations += 1;
+        let group = &mut self.groups[g];
+        group.escalated = true;
+        group.pending_delay = None;
+        let escalation = group.spec.escalation_value();
+        let group_name = group.spec.name().to_owned();
+        let w = self.worker_mut(id).expect("caller checked");
+        w.state = RunState::Held;
+        let worker = w.spec.name().to_owned();
+        let exits = w.recent_exits.iter().copied().collect();
+        self.actions.push_back(Action::Escalated {
+            group: group_name,
+            worker,
+            exits,
+            escalation,
+        });
+        match escalation {
+            Escalation::Shutdown => {
+                self.exit_code = 1;
+                self.shutdown(now, ShutdownMode::Fast);
+            }
+            Escalation::StopGroup => {
+                let members: Vec<WorkerId> = self
+                    .live_ids_in_reverse_start_order()
+                    .into_iter()
+                    .filter(|m| self.worker(*m).is_some_and(|w| w.group as usize == g))
+                    .collect();
+                for m in members {
+                    self.signal_stop(now, m, Sig::Term);
+                }
+                let waiting: Vec<WorkerId> = self
+                    .workers()
+                    .filter(|w| w.group as usize == g && w.state.pid().is_none())
+                    .filter(|w| w.state != RunState::Forking)
+                    .map(|w| w.id)
+                    .collect();
+                for m in waiting {
+                    if let Some(w) = self.worker_mut(m) {
+                        w.state = RunState::Held;
+                    }
+                }
+                self.settle_escalation(g);
+            }
+        }
+    }
+
+    /// An escalated group whose workers are all down loses them for good.
+    fn settle_escalation(&mut self, g: usize) {
+        let live = self.workers().any(|w| {
+            w.group as usize == g && (w.state.pid().is_some() || w.state == RunState::Forking)
+        });
+        if live || self.state != PmState::Running {
+            return;
+        }
+        let members: Vec<WorkerId> = self
+            .workers()
+            .filter(|w| w.group as usize == g)
+            .map(|w| w.id)
+            .collect();
+        for m in members {
+            self.unregister(m);
         }
     }
 
@@ -712,7 +1131,7 @@ impl Core {
         };
         w.terminating = true;
         match w.state {
-            RunState::Waiting { .. } => self.unregister(id),
+            RunState::Waiting { .. } | RunState::Held => self.unregister(id),
             RunState::Running { .. } => {
                 if self.state == PmState::Running {
                     self.signal_stop(now, id, Sig::Term);
@@ -735,7 +1154,7 @@ impl Core {
         // Nothing waiting will start again.
         let waiting: Vec<WorkerId> = self
             .workers()
-            .filter(|w| matches!(w.state, RunState::Waiting { .. }))
+            .filter(|w| matches!(w.state, RunState::Waiting { .. } | RunState::Held))
             .map(|w| w.id)
             .collect();
         for id in waiting {
@@ -800,7 +1219,9 @@ impl Core {
                         self.unregister(id);
                     }
                     self.state = PmState::Exited;
-                    self.actions.push_back(Action::Exit { code: 0 });
+                    self.actions.push_back(Action::Exit {
+                        code: self.exit_code,
+                    });
                 }
             }
             _ => {}
@@ -822,11 +1243,17 @@ impl Core {
         let ids: Vec<WorkerId> = self.workers().map(|w| w.id).collect();
         for id in ids {
             let w = self.worker(id).expect("listed above");
-            if w.terminating || w.spec.restart_policy() == Restart::Never && w.starts > 0 {
+            // A worker that never ran keeps waiting for its start; one that
+            // ran restarts if its policy restarts it after a crash.
+            if w.terminating || w.starts > 0 && !w.spec.restart_policy().restarts_after(false) {
                 self.unregister(id);
             } else if let Some(w) = self.worker_mut(id) {
                 w.state = RunState::Waiting { not_before: None };
+                w.stopping_for_group = false;
             }
+        }
+        for group in &mut self.groups {
+            group.pending_delay = None;
         }
     }
 
@@ -841,14 +1268,32 @@ impl Core {
         for id in due {
             self.kill(id);
         }
+        let expired: Vec<(WorkerId, u32)> = self
+            .workers()
+            .filter(|w| w.watchdog_due.is_some_and(|at| at <= now))
+            .filter_map(|w| match w.state {
+                RunState::Running { pid } => Some((w.id, pid)),
+                _ => None,
+            })
+            .collect();
+        for (id, pid) in expired {
+            self.stats.watchdog_kills += 1;
+            if let Some(w) = self.worker_mut(id) {
+                w.watchdog_due = None;
+            }
+            self.actions
+                .push_back(Action::WatchdogExpired { worker: id, pid });
+            self.kill(id);
+        }
     }
 
     fn kill(&mut self, id: WorkerId) {
         let Some(w) = self.worker_mut(id) else { return };
         let Some(pid) = w.state.pid() else { return };
-        if matches!(w.state, RunState::Stopping { kill_at: None, .. }) {
+        if w.killed {
             return;
         }
+        w.killed = true;
         w.state = RunState::Stopping { pid, kill_at: None };
         self.actions.push_back(Action::Signal {
             pid,
@@ -872,10 +1317,19 @@ impl Core {
             Sig::Term => w.spec.shutdown_timeout_value(),
             Sig::Quit | Sig::Kill => crash_timeout,
         };
-        let due = now + timeout;
+        if timeout.is_zero() {
+            // OTP's brutal kill (or a zero crash timeout).
+            self.kill(id);
+            return;
+        }
+        // Duration::MAX (OTP's infinity) overflows: no SIGKILL is due.
+        let due = now.checked_add(timeout);
         w.state = RunState::Stopping {
             pid,
-            kill_at: Some(kill_at.map_or(due, |at| at.min(due))),
+            kill_at: match (kill_at, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
         };
         self.actions.push_back(Action::Signal { pid, signal });
     }
@@ -906,14 +1360,47 @@ impl Core {
 }
 
 impl WorkerInfo {
-    fn ready_to_start(&self, phase: Phase, now: Duration) -> bool {
+    /// Whether its restart delay (or fork retry) has passed.
+    fn due(&self, now: Duration) -> bool {
         match self.state {
-            RunState::Waiting { not_before } => {
-                !self.terminating
-                    && self.spec.start_phase() <= phase
-                    && not_before.is_none_or(|at| at <= now)
-            }
+            RunState::Waiting { not_before } => not_before.is_none_or(|at| at <= now),
             _ => false,
         }
+    }
+}
+
+impl Group {
+    fn new(spec: GroupSpec) -> Self {
+        Group {
+            spec,
+            window: RestartWindow::default(),
+            escalated: false,
+            pending_delay: None,
+        }
+    }
+}
+
+impl Core {
+    /// Whether a waiting worker may start once its delay passes: its phase
+    /// is reached, nobody asked it to stop, its group is not escalated, and
+    /// in an ordered group every member registered before it is running
+    /// and ready.
+    fn may_start(&self, w: &WorkerInfo) -> bool {
+        if !matches!(w.state, RunState::Waiting { .. })
+            || w.terminating
+            || w.spec.start_phase() > self.phase
+        {
+            return false;
+        }
+        let group = &self.groups[w.group as usize];
+        if group.escalated {
+            return false;
+        }
+        !group.spec.is_ordered()
+            || self.workers().all(|o| {
+                o.group != w.group
+                    || o.reg_seq >= w.reg_seq
+                    || (matches!(o.state, RunState::Running { .. }) && o.ready)
+            })
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod child;
 pub mod core;
+pub mod group;
 pub mod handle;
 pub mod postmaster;
 pub mod registry;

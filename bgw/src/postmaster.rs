@@ -50,9 +50,10 @@ use thiserror::Error;
 
 use crate::child::{ChildStart, Entry, WorkerContext, WorkerResult, run_child};
 use crate::core::{
-    Action, Core, CoreConfig, Event, ExitStatus, RegisterError, ShutdownMode, Sig, SlotReport,
-    WorkerId, WorkerStatus,
+    Action, Core, CoreConfig, Event, ExitStatus, RegisterError, RunState, ShutdownMode, Sig,
+    SlotReport, WorkerId, WorkerStatus,
 };
+use crate::group::{Escalation, GroupSpec};
 use crate::registry::{self, RegHandle, RegistryOwner, RejectReason};
 use crate::shared::{Shared, SharedConfig, SharedError};
 use crate::spec::{Phase, SpecError, WorkerSpec};
@@ -206,6 +207,10 @@ impl PostmasterBuilder {
 struct Child {
     worker: WorkerId,
     slot: Option<SlotHandle>,
+    /// The last heartbeat value seen in its proc slot.
+    heartbeat: u64,
+    /// Whether its readiness was passed on to the core.
+    ready_sent: bool,
 }
 
 /// What the postmaster remembers about a dynamic registration.
@@ -295,6 +300,12 @@ impl Postmaster {
         self
     }
 
+    /// Adds a supervision group that static specs can name.
+    pub fn group(&mut self, group: GroupSpec) -> Result<&mut Self, PostmasterError> {
+        self.core.add_group(group)?;
+        Ok(self)
+    }
+
     /// Registers a static worker (before [`run`](Self::run)).
     pub fn register(&mut self, spec: WorkerSpec) -> Result<WorkerId, PostmasterError> {
         spec.validate()?;
@@ -364,6 +375,7 @@ impl Postmaster {
             self.read_signals(&signals, now);
             self.reap(&segment, now);
             self.serve_shared_requests(&segment, now);
+            self.watch_workers(&segment, now);
             self.core.tick(now);
             if let Some(code) = self.apply_actions(&mut segment, &signals, &handled, now)? {
                 break code;
@@ -441,6 +453,12 @@ impl Postmaster {
                 Some(handle) => match Shared::attach(segment, &self.shared) {
                     Ok(shared) => match shared.procs.release_assigned(handle) {
                         Ok(released) if released.clean() => SlotReport::Clean,
+                        Ok(released)
+                            if released.was.state == proclist::slot::ACTIVE
+                                && released.crit_depth == 0 =>
+                        {
+                            SlotReport::Abandoned
+                        }
                         _ => SlotReport::Dirty,
                     },
                     Err(_) => SlotReport::Dirty,
@@ -451,10 +469,12 @@ impl Postmaster {
                 .spec(child.worker)
                 .map_or("?", |s| s.name())
                 .to_owned();
-            let dirty = if report == SlotReport::Dirty {
-                ", proc slot left dirty"
-            } else {
-                ""
+            let dirty = match report {
+                SlotReport::Dirty => {
+                    ", inside a critical section or with its proc slot overwritten"
+                }
+                SlotReport::Abandoned => ", without its cleanup",
+                SlotReport::None | SlotReport::Clean => "",
             };
             self.log(format_args!(
                 "worker {name} (pid {pid}) ended: {status}{dirty}"
@@ -467,6 +487,51 @@ impl Postmaster {
                     slot: report,
                 },
             );
+        }
+    }
+
+    /// Passes on readiness reports and heartbeats from the workers' boards
+    /// and proc slots. A worker without shared memory cannot report either:
+    /// it counts as ready as soon as it runs.
+    fn watch_workers(&mut self, segment: &Segment, now: Duration) {
+        let Ok(shared) = Shared::attach(segment, &self.shared) else {
+            return;
+        };
+        let mut events = Vec::new();
+        for child in self.children.values_mut() {
+            let running = matches!(
+                self.core.worker(child.worker).map(|w| w.state),
+                Some(RunState::Running { .. })
+            );
+            if !running {
+                continue;
+            }
+            let Some(handle) = child.slot else {
+                if !child.ready_sent {
+                    child.ready_sent = true;
+                    events.push(Event::Ready(child.worker));
+                }
+                continue;
+            };
+            if !child.ready_sent
+                && shared
+                    .board
+                    .get(handle.index as usize)
+                    .is_some_and(|b| b.is_ready(handle.generation))
+            {
+                child.ready_sent = true;
+                events.push(Event::Ready(child.worker));
+            }
+            if let Some(slot) = shared.procs.get(handle.index) {
+                let beat = slot.heartbeat();
+                if beat != child.heartbeat {
+                    child.heartbeat = beat;
+                    events.push(Event::Heartbeat(child.worker));
+                }
+            }
+        }
+        for event in events {
+            self.core.handle(now, event);
         }
     }
 
@@ -553,6 +618,9 @@ impl Postmaster {
                         RegisterError::Full { .. } => RejectReason::NoWorkerSlot,
                         RegisterError::DuplicateName(_) => RejectReason::DuplicateName,
                         RegisterError::ShuttingDown => RejectReason::ShuttingDown,
+                        RegisterError::UnknownGroup { .. } | RegisterError::DuplicateGroup(_) => {
+                            RejectReason::InvalidSpec
+                        }
                     };
                     let _ = owner.reject(registry, handle, reason);
                 }
@@ -639,6 +707,40 @@ impl Postmaster {
                         "{name} (pid {pid}) {how}: stopping every worker and resetting shared memory"
                     ));
                 }
+                Action::Contained {
+                    worker,
+                    pid,
+                    status,
+                } => {
+                    let name = self.core.spec(worker).map_or("?", |s| s.name());
+                    self.log(format_args!(
+                        "worker {name} (pid {pid}) ended with {status} outside any critical \
+                         section: contained, no reset"
+                    ));
+                }
+                Action::WatchdogExpired { worker, pid } => {
+                    let name = self.core.spec(worker).map_or("?", |s| s.name());
+                    self.log(format_args!(
+                        "worker {name} (pid {pid}) missed its watchdog heartbeat: killing it"
+                    ));
+                }
+                Action::Escalated {
+                    group,
+                    worker,
+                    exits,
+                    escalation,
+                } => {
+                    let exits: Vec<String> = exits.iter().map(ToString::to_string).collect();
+                    let outcome = match escalation {
+                        Escalation::Shutdown => "shutting the postmaster down",
+                        Escalation::StopGroup => "stopping the group",
+                    };
+                    self.log(format_args!(
+                        "group {group} exceeded its restart intensity when worker {worker} \
+                         failed again (recent exits: {}); {outcome}",
+                        exits.join(", ")
+                    ));
+                }
                 Action::Exit { code } => return Ok(Some(code)),
             }
         }
@@ -691,7 +793,15 @@ impl Postmaster {
         match unsafe { fork() } {
             Ok(ForkResult::Parent { child }) => {
                 let pid = child.as_raw() as u32;
-                self.children.insert(pid, Child { worker, slot });
+                self.children.insert(
+                    pid,
+                    Child {
+                        worker,
+                        slot,
+                        heartbeat: 0,
+                        ready_sent: false,
+                    },
+                );
                 Event::Forked { worker, pid }
             }
             Ok(ForkResult::Child) => {

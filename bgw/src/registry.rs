@@ -143,7 +143,7 @@ use std::time::Duration;
 use shmem::sync::{AtomicU32, AtomicU64, Ordering};
 use thiserror::Error;
 
-use crate::spec::{MAX_ARG, MAX_NAME, Phase, Restart, SpecError, WorkerSpec};
+use crate::spec::{MAX_ARG, MAX_NAME, OnCrash, Phase, Restart, SpecError, WorkerSpec};
 
 /// The most rounds any CAS loop here makes. Every legitimate change of a
 /// control word moves its tenancy forward (at most a handful per
@@ -325,16 +325,19 @@ const ENTRY_AT: usize = NAME_AT + 1 + MAX_NAME;
 const ARG_AT: usize = ENTRY_AT + 1 + MAX_NAME;
 /// Start phase: [`Phase`] as `u8`.
 const PHASE_AT: usize = ARG_AT + 2 + MAX_ARG;
-/// Restart kind: 0 never, 1 after the delay below.
+/// Restart kind: 0 never, 1 after the delay below, 2 permanent, 3
+/// transient, 4 temporary.
 const RESTART_KIND_AT: usize = PHASE_AT + 1;
 /// Shared-memory access: 0 or 1.
 const SHMEM_AT: usize = RESTART_KIND_AT + 1;
 /// Notify the registrant: 0 or 1.
 const NOTIFY_AT: usize = SHMEM_AT + 1;
-/// Two zero bytes, so the numbers below are aligned.
-const RESERVED_AT: usize = NOTIFY_AT + 1;
-/// Restart delay, whole seconds (`u64`); zero for "never".
-const RESTART_SECS_AT: usize = RESERVED_AT + 2;
+/// Crash policy: 0 reset all, 1 contain.
+const ON_CRASH_AT: usize = NOTIFY_AT + 1;
+/// One zero byte, so the numbers below are aligned.
+const RESERVED_AT: usize = ON_CRASH_AT + 1;
+/// Restart delay, whole seconds (`u64`); zero unless the kind is 1.
+const RESTART_SECS_AT: usize = RESERVED_AT + 1;
 /// Restart delay, nanoseconds below a second (`u32`).
 const RESTART_NANOS_AT: usize = RESTART_SECS_AT + 8;
 /// Shutdown timeout, nanoseconds below a second (`u32`).
@@ -376,10 +379,20 @@ impl Image {
         b[ARG_AT..ARG_AT + 2].copy_from_slice(&(arg.len() as u16).to_le_bytes());
         b[ARG_AT + 2..ARG_AT + 2 + arg.len()].copy_from_slice(arg);
         b[PHASE_AT] = spec.start_phase() as u8;
-        if let Restart::After(delay) = spec.restart_policy() {
-            b[RESTART_KIND_AT] = 1;
-            put_duration(&mut b, RESTART_SECS_AT, RESTART_NANOS_AT, delay);
-        }
+        b[RESTART_KIND_AT] = match spec.restart_policy() {
+            Restart::Never => 0,
+            Restart::After(delay) => {
+                put_duration(&mut b, RESTART_SECS_AT, RESTART_NANOS_AT, delay);
+                1
+            }
+            Restart::Permanent => 2,
+            Restart::Transient => 3,
+            Restart::Temporary => 4,
+        };
+        b[ON_CRASH_AT] = match spec.crash_policy() {
+            OnCrash::ResetAll => 0,
+            OnCrash::Contain => 1,
+        };
         b[SHMEM_AT] = u8::from(spec.has_shmem());
         b[NOTIFY_AT] = u8::from(spec.notifies());
         put_duration(
@@ -411,29 +424,36 @@ impl Image {
             return Err(Invalid::Padding { field: "argument" });
         }
         let phase = Phase::from_u8(b[PHASE_AT]).ok_or(Invalid::Phase(b[PHASE_AT]))?;
-        let restart = match b[RESTART_KIND_AT] {
-            0 => {
-                if b[RESTART_SECS_AT..RESTART_NANOS_AT + 4]
-                    .iter()
-                    .any(|&x| x != 0)
-                {
-                    return Err(Invalid::Padding {
-                        field: "restart policy",
-                    });
-                }
-                Restart::Never
-            }
+        let kind = b[RESTART_KIND_AT];
+        if kind != 1
+            && b[RESTART_SECS_AT..RESTART_NANOS_AT + 4]
+                .iter()
+                .any(|&x| x != 0)
+        {
+            return Err(Invalid::Padding {
+                field: "restart policy",
+            });
+        }
+        let restart = match kind {
+            0 => Restart::Never,
             1 => Restart::After(get_duration(
                 b,
                 RESTART_SECS_AT,
                 RESTART_NANOS_AT,
                 "restart delay",
             )?),
+            2 => Restart::Permanent,
+            3 => Restart::Transient,
+            4 => Restart::Temporary,
             kind => return Err(Invalid::RestartKind(kind)),
+        };
+        let on_crash = match flag(b[ON_CRASH_AT], "on_crash")? {
+            false => OnCrash::ResetAll,
+            true => OnCrash::Contain,
         };
         let shmem = flag(b[SHMEM_AT], "shmem")?;
         let notify = flag(b[NOTIFY_AT], "notify")?;
-        if b[RESERVED_AT..RESERVED_AT + 2] != [0, 0] {
+        if b[RESERVED_AT] != 0 {
             return Err(Invalid::Padding { field: "flags" });
         }
         let shutdown = get_duration(b, SHUTDOWN_SECS_AT, SHUTDOWN_NANOS_AT, "shutdown timeout")?;
@@ -444,6 +464,7 @@ impl Image {
             .restart(restart)
             .shmem(shmem)
             .notify(notify)
+            .on_crash(on_crash)
             .shutdown_timeout(shutdown);
         // Catches what the byte checks cannot: characters outside the
         // name alphabet, and empty names.
@@ -845,7 +866,9 @@ pub enum Invalid {
     #[error("start phase {0} is not a known phase")]
     Phase(u8),
     /// An unknown restart kind.
-    #[error("restart kind {0} is neither 0 (never) nor 1 (after a delay)")]
+    #[error(
+        "restart kind {0} is not one of 0 (never), 1 (after a delay), 2 (permanent), 3 (transient), 4 (temporary)"
+    )]
     RestartKind(u8),
     /// A flag other than 0 or 1.
     #[error("the {field} flag is {value}, not 0 or 1")]
@@ -1811,6 +1834,9 @@ mod tests {
         }
         for restart in [
             Restart::Never,
+            Restart::Permanent,
+            Restart::Transient,
+            Restart::Temporary,
             Restart::After(Duration::ZERO),
             Restart::After(Duration::from_millis(1500)),
             Restart::After(Duration::new(u64::MAX, 999_999_999)),

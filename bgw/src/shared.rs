@@ -23,6 +23,42 @@ use crate::spec::Phase;
 /// Region name of the [`Control`] block.
 pub const CONTROL_REGION: &str = "bgw.control";
 
+/// Region name of the per-proc-slot [`WorkerBoard`]s.
+pub const BOARD_REGION: &str = "bgw.board";
+
+/// What a worker tells the postmaster about itself, one per proc slot.
+/// Each field is stamped with the proc slot generation it belongs to, so a
+/// value left by the slot's previous tenant never counts for the next.
+#[repr(C, align(128))]
+#[derive(Debug, Default)]
+pub struct WorkerBoard {
+    /// The proc slot generation of the tenant that reported ready; 0 =
+    /// none.
+    ready_generation: AtomicU32,
+}
+
+// SAFETY: repr(C) atomics only: any bytes are valid values, no pointers,
+// every mutation is atomic.
+#[cfg(not(loom))]
+unsafe impl shmem::ShmSafe for WorkerBoard {}
+
+impl WorkerBoard {
+    /// The worker's side: it is ready (the caller then signals the
+    /// postmaster).
+    pub fn set_ready(&self, slot_generation: u32) {
+        // Relaxed: the postmaster reads it after the SIGUSR1 the worker
+        // sends next (the signal orders it); nothing is published with it.
+        self.ready_generation
+            .store(slot_generation, Ordering::Relaxed);
+    }
+
+    /// Whether the tenant of `slot_generation` reported ready.
+    pub fn is_ready(&self, slot_generation: u32) -> bool {
+        // Relaxed: see set_ready.
+        slot_generation != 0 && self.ready_generation.load(Ordering::Relaxed) == slot_generation
+    }
+}
+
 /// The postmaster's public facts, one cache line.
 #[repr(C, align(128))]
 #[derive(Debug, Default)]
@@ -122,7 +158,9 @@ impl SharedConfig {
 
     /// Adds the postmaster's regions to a layout.
     pub fn declare(&self, builder: LayoutBuilder) -> LayoutBuilder {
-        let builder = builder.region::<Control>(CONTROL_REGION);
+        let builder = builder
+            .region::<Control>(CONTROL_REGION)
+            .array::<WorkerBoard>(BOARD_REGION, self.procs().total() as usize);
         let builder = ProcArray::declare(builder, self.procs());
         Registry::declare(builder, self.max_registrations as usize)
     }
@@ -135,6 +173,8 @@ pub struct Shared<'a> {
     pub segment: &'a Segment,
     /// The control block.
     pub control: &'a Control,
+    /// One board per proc slot.
+    pub board: &'a [WorkerBoard],
     /// The proc array.
     pub procs: ProcArray<'a>,
     /// The registration slots.
@@ -173,6 +213,7 @@ impl<'a> Shared<'a> {
         Ok(Shared {
             segment,
             control: segment.region::<Control>(CONTROL_REGION)?,
+            board: segment.array::<WorkerBoard>(BOARD_REGION)?,
             procs,
             registry: Registry::from_segment(segment)?,
         })

@@ -69,17 +69,95 @@ impl fmt::Display for Phase {
     }
 }
 
-/// What the postmaster does when a worker exits with status 1, or crashes.
+/// What the postmaster does when a worker exits or crashes.
 ///
-/// Exit status 0 always means "finished": the worker is unregistered and
-/// not started again, whatever its policy (PostgreSQL's rule).
+/// Two vocabularies, one table. PostgreSQL's (`Never`, `After`) treats exit
+/// status 0 as "finished"; Erlang/OTP's (`Permanent`, `Transient`,
+/// `Temporary`) decides by restart type, with the delay coming from the
+/// group's backoff:
+///
+/// | policy           | exit 0        | exit 1, error, crash | restarted with siblings (one_for_all, rest_for_one) |
+/// |------------------|---------------|----------------------|-----------------------------------------------------|
+/// | `Never`          | unregistered  | unregistered         | yes (like PostgreSQL: only its own exit ends it)     |
+/// | `After(d)`       | unregistered  | restarted after `d`  | yes                                                 |
+/// | `Permanent`      | restarted     | restarted            | yes                                                 |
+/// | `Transient`      | unregistered  | restarted            | yes                                                 |
+/// | `Temporary`      | unregistered  | unregistered         | no: stopped and unregistered                        |
+///
+/// After a segment reset every worker whose policy restarts it on a crash
+/// starts again at once, without its delay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Restart {
-    /// Never start it again.
+    /// PostgreSQL's `BGW_NEVER_RESTART`: never start it again.
     Never,
-    /// Start it again this long after it stopped. After a segment reset,
-    /// restartable workers start at once, without the delay.
+    /// PostgreSQL's restart interval: start it again this long after an
+    /// exit other than 0.
     After(Duration),
+    /// OTP's permanent: always restarted, after the group's backoff.
+    Permanent,
+    /// OTP's transient: restarted after an exit other than 0, after the
+    /// group's backoff.
+    Transient,
+    /// OTP's temporary: never restarted, not even when a sibling's failure
+    /// restarts the rest of its group.
+    Temporary,
+}
+
+impl Restart {
+    /// Whether a worker that ended with `finished` (exit 0) or not is
+    /// started again.
+    pub fn restarts_after(self, finished: bool) -> bool {
+        match self {
+            Restart::Never | Restart::Temporary => false,
+            Restart::After(_) | Restart::Transient => !finished,
+            Restart::Permanent => true,
+        }
+    }
+}
+
+/// How a worker is stopped (OTP's shutdown option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shutdown {
+    /// SIGKILL at once.
+    Brutal,
+    /// SIGTERM, then SIGKILL after this long.
+    Timeout(Duration),
+    /// SIGTERM, and wait for as long as it takes.
+    Infinity,
+}
+
+impl Shutdown {
+    /// As the timeout stored in a spec: zero for brutal, `Duration::MAX`
+    /// for infinity.
+    pub fn as_timeout(self) -> Duration {
+        match self {
+            Shutdown::Brutal => Duration::ZERO,
+            Shutdown::Timeout(d) => d,
+            Shutdown::Infinity => Duration::MAX,
+        }
+    }
+
+    /// The inverse of [`as_timeout`](Self::as_timeout).
+    pub fn from_timeout(timeout: Duration) -> Self {
+        match timeout {
+            Duration::ZERO => Shutdown::Brutal,
+            Duration::MAX => Shutdown::Infinity,
+            d => Shutdown::Timeout(d),
+        }
+    }
+}
+
+/// What a crash of a shared-memory worker costs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OnCrash {
+    /// PostgreSQL's rule: any abnormal exit of a shared-memory worker may
+    /// have damaged shared state, so every worker is stopped and the
+    /// segment reset.
+    #[default]
+    ResetAll,
+    /// Restart this worker alone when its proc slot proves the death clean
+    /// (outside every critical section); reset only when it does not.
+    Contain,
 }
 
 /// A worker's description. Build one with [`WorkerSpec::new`] and the
@@ -108,6 +186,9 @@ pub struct WorkerSpec {
     shmem: bool,
     notify: bool,
     shutdown_timeout: Duration,
+    on_crash: OnCrash,
+    group: Option<String>,
+    watchdog: Option<Duration>,
 }
 
 impl WorkerSpec {
@@ -125,7 +206,57 @@ impl WorkerSpec {
             shmem: true,
             notify: false,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            on_crash: OnCrash::ResetAll,
+            group: None,
+            watchdog: None,
         }
+    }
+
+    /// How the worker is stopped; [`shutdown_timeout`](Self::shutdown_timeout)
+    /// is the same as `Shutdown::Timeout`.
+    pub fn shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown_timeout = shutdown.as_timeout();
+        self
+    }
+
+    /// What a crash of this worker costs (shared-memory workers only).
+    pub fn on_crash(mut self, policy: OnCrash) -> Self {
+        self.on_crash = policy;
+        self
+    }
+
+    /// The supervision group the worker belongs to (static workers; a
+    /// dynamic worker always joins the root group).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// A watchdog: the worker must call `WorkerContext::heartbeat` at least
+    /// this often, or it is killed and handled as crashed.
+    pub fn watchdog(mut self, interval: Duration) -> Self {
+        self.watchdog = Some(interval);
+        self
+    }
+
+    /// The crash policy.
+    pub fn crash_policy(&self) -> OnCrash {
+        self.on_crash
+    }
+
+    /// The group's name, if not the root group.
+    pub fn group_name(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// The watchdog interval, if any.
+    pub fn watchdog_interval(&self) -> Option<Duration> {
+        self.watchdog
+    }
+
+    /// The shutdown option.
+    pub fn shutdown_policy(&self) -> Shutdown {
+        Shutdown::from_timeout(self.shutdown_timeout)
     }
 
     /// The entry point to run, by its name in the postmaster's table.
@@ -218,6 +349,9 @@ impl WorkerSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         check_name("worker", &self.name)?;
         check_name("entry", &self.entry)?;
+        if let Some(group) = &self.group {
+            check_name("group", group)?;
+        }
         if self.arg.len() > MAX_ARG {
             return Err(SpecError::ArgTooLong {
                 len: self.arg.len(),
@@ -256,13 +390,13 @@ pub enum SpecError {
     /// A name is empty.
     #[error("the {what} name is empty")]
     EmptyName {
-        /// "worker" or "entry".
+        /// "worker", "entry" or "group".
         what: &'static str,
     },
     /// A name is longer than [`MAX_NAME`] bytes.
     #[error("the {what} name {name:?} is longer than {MAX_NAME} bytes")]
     NameTooLong {
-        /// "worker" or "entry".
+        /// "worker", "entry" or "group".
         what: &'static str,
         /// The name.
         name: String,
@@ -272,7 +406,7 @@ pub enum SpecError {
         "the {what} name {name:?} has {bad:?}; use only ASCII letters, digits, '_', '-' and '.'"
     )]
     BadNameChar {
-        /// "worker" or "entry".
+        /// "worker", "entry" or "group".
         what: &'static str,
         /// The name.
         name: String,
