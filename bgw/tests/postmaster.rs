@@ -1,44 +1,20 @@
-//! The postmaster with real processes.
-//!
-//! The cargo test harness is multi-threaded and a postmaster refuses to run
-//! in a multi-threaded process, so this file has its own `main`
-//! (`harness = false`): run plainly, it plays each scenario by starting
-//! *itself* as the postmaster (`BGW_TEST_POSTMASTER=<scenario>`), then
-//! watches through the events log every worker appends to, the
-//! postmaster's stderr, and the named segment.
-//!
-//! Every wait is for a condition with a generous deadline; nothing sleeps a
-//! fixed time and then asserts.
+//! The postmaster with real processes: start, shutdown modes, crashes and
+//! resets, restart policies, dynamic registration, phases, postmaster
+//! death. See `common/mod.rs` for how the harness runs a postmaster.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bgw::core::ExitStatus;
 use bgw::registry::HandleStatus;
-use bgw::shared::{Shared, SharedConfig};
-use bgw::{
-    Phase, Postmaster, PostmasterError, Restart, WorkerContext, WorkerExit, WorkerResult,
-    WorkerSpec,
-};
+use bgw::shared::Shared;
+use bgw::{Phase, Postmaster, PostmasterError, Restart, WorkerContext, WorkerResult, WorkerSpec};
+use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use shmem::{Layout, Segment};
-
-/// How long any awaited condition may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A scenario: its test name, the postmaster role's short name, and the
-/// check.
-type Scenario = (&'static str, &'static str, fn(&Harness));
+use shmem::Segment;
 
 fn main() {
-    if let Ok(scenario) = std::env::var("BGW_TEST_POSTMASTER") {
-        std::process::exit(run_postmaster(&scenario));
-    }
-    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let scenarios: &[Scenario] = &[
         (
             "static_workers_start_and_smart_shutdown_stops_them_in_reverse_order",
@@ -87,124 +63,26 @@ fn main() {
             postmaster_death,
         ),
     ];
-    let mut failed = 0;
-    let mut ran = 0;
-    for (name, short, scenario) in scenarios {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        ran += 1;
-        print!("test {name} ... ");
-        let _ = std::io::stdout().flush();
-        let outcome = std::panic::catch_unwind(|| {
-            let harness = Harness::new(short);
-            scenario(&harness);
-        });
-        match outcome {
-            Ok(()) => println!("ok"),
-            Err(_) => {
-                println!("FAILED");
-                failed += 1;
-            }
-        }
-    }
-    // The in-process checks need no postmaster child.
-    for (name, check) in [
-        ("run_refuses_a_multithreaded_process", multithreaded as fn()),
-        (
-            "unknown_entry_is_rejected_with_the_known_ones_listed",
-            unknown_entry,
-        ),
-    ] {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
-            continue;
-        }
-        ran += 1;
-        print!("test {name} ... ");
-        match std::panic::catch_unwind(check) {
-            Ok(()) => println!("ok"),
-            Err(_) => {
-                println!("FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!("\ntest result: {} passed; {failed} failed", ran - failed);
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    common::main(
+        scenarios,
+        &[
+            ("run_refuses_a_multithreaded_process", multithreaded),
+            (
+                "unknown_entry_is_rejected_with_the_known_ones_listed",
+                unknown_entry,
+            ),
+        ],
+        configure,
+    );
 }
 
 // ---------------------------------------------------------------------------
-// The postmaster side (runs in the child process).
-
-fn events_path() -> PathBuf {
-    PathBuf::from(std::env::var("BGW_TEST_EVENTS").expect("set by the harness"))
-}
-
-fn mono_ns() -> u128 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
-}
-
-/// Appends `<worker> <what> <pid> <generation> <monotonic ns> [extra]`.
-fn record(ctx: &WorkerContext<'_>, what: &str, extra: &str) {
-    let line = format!(
-        "{} {what} {} {} {} {extra}\n",
-        ctx.name(),
-        std::process::id(),
-        ctx.generation().unwrap_or(0),
-        mono_ns()
-    );
-    // One write(2) of a short line to an O_APPEND file: lines from
-    // different workers never interleave.
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(events_path())
-        .expect("events log");
-    file.write_all(line.as_bytes()).expect("write events log");
-}
-
-fn sleeper(ctx: &mut WorkerContext<'_>) -> WorkerResult {
-    record(ctx, "start", "");
-    loop {
-        ctx.latch().reset();
-        if ctx.should_stop() {
-            record(ctx, "stop", "");
-            return Ok(WorkerExit::Done);
-        }
-        if ctx.wait(None) == latch::Wake::PostmasterDied {
-            return Ok(WorkerExit::Restart);
-        }
-    }
-}
-
-fn exit_one(ctx: &mut WorkerContext<'_>) -> WorkerResult {
-    record(ctx, "start", "");
-    Ok(WorkerExit::Restart)
-}
-
-fn exit_zero(ctx: &mut WorkerContext<'_>) -> WorkerResult {
-    record(ctx, "start", "");
-    Ok(WorkerExit::Done)
-}
+// The workers and postmasters of these scenarios.
 
 fn announcer(ctx: &mut WorkerContext<'_>) -> WorkerResult {
     record(ctx, "start", "");
     assert!(ctx.announce_phase(Phase::ConsistentState));
     sleeper_loop(ctx)
-}
-
-fn sleeper_loop(ctx: &mut WorkerContext<'_>) -> WorkerResult {
-    loop {
-        ctx.latch().reset();
-        if ctx.should_stop() {
-            record(ctx, "stop", "");
-            return Ok(WorkerExit::Done);
-        }
-        ctx.wait(None);
-    }
 }
 
 /// Registers `dyn`, waits for it, terminates it, waits for its end, and
@@ -237,24 +115,11 @@ fn registrar(ctx: &mut WorkerContext<'_>) -> WorkerResult {
     sleeper_loop(ctx)
 }
 
-fn layout_for(config: &SharedConfig) -> Layout {
-    config.declare(Layout::builder()).build().expect("layout")
-}
-
-fn run_postmaster(scenario: &str) -> i32 {
-    let segment = std::env::var("BGW_TEST_SEGMENT").expect("set by the harness");
-    let mut pm = Postmaster::builder()
-        .segment_name(segment)
-        .max_workers(8)
-        .crash_kill_timeout(Duration::from_secs(5))
-        .build();
-    pm.entry("sleeper", sleeper)
-        .entry("exit_one", exit_one)
-        .entry("exit_zero", exit_zero)
-        .entry("registrar", registrar)
+fn configure(scenario: &str, pm: &mut Postmaster) -> Vec<WorkerSpec> {
+    pm.entry("registrar", registrar)
         .entry("announcer", announcer);
     let long = Restart::After(Duration::from_secs(600));
-    let specs: Vec<WorkerSpec> = match scenario {
+    match scenario {
         "smart" | "fast" | "immediate" => vec![
             WorkerSpec::new("w1").entry("sleeper"),
             WorkerSpec::new("w2").entry("sleeper").shmem(false),
@@ -299,204 +164,7 @@ fn run_postmaster(scenario: &str) -> i32 {
             WorkerSpec::new("n1").entry("sleeper").shmem(false),
         ],
         other => panic!("unknown scenario {other}"),
-    };
-    for spec in specs {
-        pm.register(spec).expect("register");
     }
-    match pm.run() {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("postmaster failed: {e}");
-            99
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The harness side.
-
-/// One scenario's postmaster process, events log and segment name.
-struct Harness {
-    scenario: &'static str,
-    dir: PathBuf,
-    segment: String,
-}
-
-/// A running postmaster; killed (with its workers, through their
-/// death signal) if the scenario fails.
-struct Running {
-    child: Option<Child>,
-    stderr: PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-struct Line {
-    worker: String,
-    what: String,
-    pid: u32,
-    generation: u64,
-    at_ns: u128,
-    extra: String,
-}
-
-impl Harness {
-    /// `scenario` is the short name the postmaster role knows.
-    fn new(scenario: &'static str) -> Self {
-        let dir = std::env::temp_dir().join(format!("bgwtest-{}-{scenario}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Harness {
-            scenario,
-            segment: format!("bgwtest-{}-{scenario}", std::process::id()),
-            dir,
-        }
-    }
-
-    fn start(&self) -> Running {
-        let stderr = self.dir.join("postmaster.stderr");
-        let child = Command::new(std::env::current_exe().expect("own path"))
-            .env("BGW_TEST_POSTMASTER", self.scenario)
-            .env("BGW_TEST_SEGMENT", &self.segment)
-            .env("BGW_TEST_EVENTS", self.dir.join("events.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("spawn postmaster");
-        Running {
-            child: Some(child),
-            stderr,
-        }
-    }
-
-    fn events(&self) -> Vec<Line> {
-        let text = std::fs::read_to_string(self.dir.join("events.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let mut f = l.splitn(6, ' ');
-                Some(Line {
-                    worker: f.next()?.to_owned(),
-                    what: f.next()?.to_owned(),
-                    pid: f.next()?.parse().ok()?,
-                    generation: f.next()?.parse().ok()?,
-                    at_ns: f.next()?.parse().ok()?,
-                    extra: f.next().unwrap_or("").trim().to_owned(),
-                })
-            })
-            .collect()
-    }
-
-    /// Waits until `done` holds for the events log, or fails the test.
-    fn wait_events(&self, what: &str, done: impl Fn(&[Line]) -> bool) -> Vec<Line> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let events = self.events();
-            if done(&events) {
-                return events;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out waiting for {what}; events so far:\n{events:#?}",
-                self.scenario
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn attach(&self) -> Segment {
-        Segment::attach(&self.segment, &layout_for(&test_shared_config())).expect("attach")
-    }
-}
-
-fn test_shared_config() -> SharedConfig {
-    SharedConfig {
-        max_workers: 8,
-        ..SharedConfig::default()
-    }
-}
-
-impl Running {
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
-    }
-
-    fn signal(&self, signal: Signal) {
-        kill(self.pid(), signal).expect("signal the postmaster");
-    }
-
-    /// Waits for the postmaster to exit; returns its exit code.
-    fn wait_exit(&mut self) -> i32 {
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status.code().unwrap_or(-1);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("postmaster did not exit; its log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-
-    fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + DEADLINE;
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "postmaster log never said {needle:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by its new parent) counts as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-fn wait_dead(pids: &[u32]) {
-    let deadline = Instant::now() + DEADLINE;
-    while pids.iter().any(|&p| alive(p)) {
-        assert!(
-            Instant::now() < deadline,
-            "workers {pids:?} outlived the wait"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn segment_exists(name: &str) -> bool {
-    Path::new(&format!("/dev/shm/postmaster.{name}")).exists()
-}
-
-fn count(events: &[Line], worker: &str, what: &str) -> usize {
-    events
-        .iter()
-        .filter(|l| l.worker == worker && l.what == what)
-        .count()
 }
 
 // ---------------------------------------------------------------------------
@@ -647,7 +315,6 @@ fn never_restart(h: &Harness) {
     let events = h.events();
     assert_eq!(count(&events, "e1", "start"), 1, "restart=never ran once");
     assert_eq!(count(&events, "z0", "start"), 1, "exit 0 ran once");
-    let _ = ExitStatus::Code(0);
 }
 
 fn dynamic(h: &Harness) {
