@@ -7,6 +7,7 @@
 //! fork (the CLI process is single-threaded), pin processes to CPUs, and
 //! must check that what it measured was correct before reporting a time.
 
+mod bgw;
 mod latch;
 mod ring;
 mod segment;
@@ -75,6 +76,7 @@ const GROUPS: &[Group] = &[
     ("latch", latch::run),
     ("ring", ring::run),
     ("slots", slots::run),
+    ("bgw", bgw::run),
 ];
 
 /// Runs every group whose name contains `filter` (all if `None`) and
