@@ -10,19 +10,34 @@
 //! - [`child`]: the forked child's side ([`WorkerContext`]).
 //! - [`registry`]: dynamic registration slots in shared memory.
 //! - [`handle`]: handles to dynamic workers ([`WorkerHandle`]).
+//! - [`names`]: the unique name table in shared memory.
 //! - [`shared`]: the postmaster's regions of the segment.
+//!
+//! Under `--cfg loom` only the shared-memory protocols (registry, status,
+//! and the pure core) are built: loom cannot model processes.
 
+#[cfg(not(loom))]
 pub mod child;
 pub mod core;
 pub mod group;
+#[cfg(not(loom))]
 pub mod handle;
+pub mod names;
+#[cfg(not(loom))]
 pub mod postmaster;
 pub mod registry;
+#[cfg(not(loom))]
 pub mod shared;
 pub mod spec;
+pub mod statem;
+pub mod status;
 
+#[cfg(not(loom))]
 pub use child::{CriticalGuard, WorkerContext, WorkerExit, WorkerResult};
+#[cfg(not(loom))]
 pub use handle::{RegisterDynamicError, WaitError, WorkerHandle};
+#[cfg(not(loom))]
 pub use postmaster::{Postmaster, PostmasterBuilder, PostmasterError};
+#[cfg(not(loom))]
 pub use shared::{Shared, SharedConfig};
 pub use spec::{Phase, Restart, SpecError, WorkerSpec};

@@ -55,8 +55,9 @@ use crate::core::{
 };
 use crate::group::{Escalation, GroupSpec};
 use crate::registry::{self, RegHandle, RegistryOwner, RejectReason};
-use crate::shared::{Shared, SharedConfig, SharedError};
+use crate::shared::{Counters, Shared, SharedConfig, SharedError};
 use crate::spec::{Phase, SpecError, WorkerSpec};
+use crate::status::WorkerRow;
 
 /// Why the postmaster could not be set up or could not go on.
 #[derive(Debug, Error)]
@@ -198,6 +199,8 @@ impl PostmasterBuilder {
             owner: None,
             filling_since: HashMap::new(),
             started: Instant::now(),
+            started_mono_ns: 0,
+            published: Vec::new(),
         }
     }
 }
@@ -241,6 +244,10 @@ pub struct Postmaster {
     /// that died mid-fill leaves one, freed after [`FILLING_GRACE`].
     filling_since: HashMap<RegHandle, Duration>,
     started: Instant,
+    /// `started` on CLOCK_MONOTONIC, for the published status.
+    started_mono_ns: u64,
+    /// What the status table holds, so that only changes are written.
+    published: Vec<Option<WorkerRow>>,
 }
 
 /// How long a registration slot may stay half-filled before the postmaster
@@ -363,6 +370,7 @@ impl Postmaster {
             self.owner = Some(RegistryOwner::init(&shared.registry));
         }
         self.started = Instant::now();
+        self.started_mono_ns = monotonic_ns();
         self.log(format_args!(
             "started (pid {pid}, segment {}, {} bytes)",
             self.segment_name.as_deref().unwrap_or("<anonymous>"),
@@ -377,7 +385,9 @@ impl Postmaster {
             self.serve_shared_requests(&segment, now);
             self.watch_workers(&segment, now);
             self.core.tick(now);
-            if let Some(code) = self.apply_actions(&mut segment, &signals, &handled, now)? {
+            let exit = self.apply_actions(&mut segment, &signals, &handled, now)?;
+            self.publish_worker_status(&segment, now);
+            if let Some(code) = exit {
                 break code;
             }
         };
@@ -487,6 +497,41 @@ impl Postmaster {
                     slot: report,
                 },
             );
+        }
+    }
+
+    /// Publishes each worker's status and the counters (only entries that
+    /// changed are rewritten).
+    fn publish_worker_status(&mut self, segment: &Segment, now: Duration) {
+        let Ok(shared) = Shared::attach(segment, &self.shared) else {
+            return;
+        };
+        let stats = self.core.stats();
+        shared.control.publish_counters(
+            Counters {
+                resets: stats.resets,
+                containments: stats.containments,
+                restarts: stats.restarts,
+            },
+            self.started_mono_ns,
+        );
+        let groups: Vec<String> = self.core.groups().map(|g| g.name().to_owned()).collect();
+        let mut rows: Vec<Option<WorkerRow>> = vec![None; shared.status.len()];
+        for w in self.core.workers() {
+            if let Some(row) = rows.get_mut(w.id.index as usize) {
+                let started = w
+                    .started_at
+                    .map_or(0, |t| self.started_mono_ns + t.as_nanos() as u64);
+                let group = groups.get(w.group as usize).map_or("?", String::as_str);
+                *row = Some(WorkerRow::from_info(w, group, started, now));
+            }
+        }
+        self.published.resize(rows.len(), None);
+        for (i, row) in rows.into_iter().enumerate() {
+            if self.published[i] != row {
+                shared.status[i].write(row.as_ref());
+                self.published[i] = row;
+            }
         }
     }
 
@@ -884,6 +929,7 @@ impl Postmaster {
             .get_or_insert_with(|| RegistryOwner::init(&shared.registry));
         owner.restore_after_reset(&shared.registry)?;
         self.filling_since.clear();
+        self.published.clear();
         for (id, d) in self.dynamic.iter_mut() {
             if let Some(spec) = self.core.spec(*id) {
                 // Cannot fail for want of room: every slot is free and there
@@ -899,6 +945,13 @@ impl Postmaster {
         ));
         Ok(())
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (the clock `Instant` uses, readable by
+/// other processes).
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// The number of threads of this process, from /proc/self/status.

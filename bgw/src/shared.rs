@@ -19,6 +19,7 @@ use thiserror::Error;
 
 use crate::registry::Registry;
 use crate::spec::Phase;
+use crate::status::{STATUS_REGION, StatusEntry};
 
 /// Region name of the [`Control`] block.
 pub const CONTROL_REGION: &str = "bgw.control";
@@ -72,6 +73,23 @@ pub struct Control {
     phase_request: AtomicU32,
     /// Segment resets so far (the postmaster rewrites it after each).
     resets: AtomicU64,
+    /// Crashes contained without a reset.
+    containments: AtomicU64,
+    /// Restarts after failures.
+    restarts: AtomicU64,
+    /// When the postmaster started, CLOCK_MONOTONIC nanoseconds.
+    started_at_ns: AtomicU64,
+}
+
+/// The postmaster's counters, as published in [`Control`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Segment resets.
+    pub resets: u64,
+    /// Crashes contained without a reset.
+    pub containments: u64,
+    /// Restarts after failures.
+    pub restarts: u64,
 }
 
 // SAFETY: repr(C) atomics only: any bytes are valid values, no pointers,
@@ -123,6 +141,31 @@ impl Control {
         self.phase.store(phase as u32, Ordering::Relaxed);
         self.resets.store(resets, Ordering::Relaxed);
     }
+
+    pub(crate) fn publish_counters(&self, counters: Counters, started_at_ns: u64) {
+        // Relaxed: statistics, read on their own.
+        self.resets.store(counters.resets, Ordering::Relaxed);
+        self.containments
+            .store(counters.containments, Ordering::Relaxed);
+        self.restarts.store(counters.restarts, Ordering::Relaxed);
+        self.started_at_ns.store(started_at_ns, Ordering::Relaxed);
+    }
+
+    /// The postmaster's counters.
+    pub fn counters(&self) -> Counters {
+        // Relaxed: statistics.
+        Counters {
+            resets: self.resets.load(Ordering::Relaxed),
+            containments: self.containments.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+        }
+    }
+
+    /// When the postmaster started (CLOCK_MONOTONIC nanoseconds).
+    pub fn started_at_ns(&self) -> u64 {
+        // Relaxed: written once per (re)initialisation, read on its own.
+        self.started_at_ns.load(Ordering::Relaxed)
+    }
 }
 
 /// The sizes of the postmaster's regions. Every process that attaches must
@@ -160,7 +203,8 @@ impl SharedConfig {
     pub fn declare(&self, builder: LayoutBuilder) -> LayoutBuilder {
         let builder = builder
             .region::<Control>(CONTROL_REGION)
-            .array::<WorkerBoard>(BOARD_REGION, self.procs().total() as usize);
+            .array::<WorkerBoard>(BOARD_REGION, self.procs().total() as usize)
+            .array::<StatusEntry>(STATUS_REGION, self.max_workers as usize);
         let builder = ProcArray::declare(builder, self.procs());
         Registry::declare(builder, self.max_registrations as usize)
     }
@@ -175,6 +219,8 @@ pub struct Shared<'a> {
     pub control: &'a Control,
     /// One board per proc slot.
     pub board: &'a [WorkerBoard],
+    /// One status entry per registered worker.
+    pub status: &'a [StatusEntry],
     /// The proc array.
     pub procs: ProcArray<'a>,
     /// The registration slots.
@@ -214,6 +260,7 @@ impl<'a> Shared<'a> {
             segment,
             control: segment.region::<Control>(CONTROL_REGION)?,
             board: segment.array::<WorkerBoard>(BOARD_REGION)?,
+            status: segment.array::<StatusEntry>(STATUS_REGION)?,
             procs,
             registry: Registry::from_segment(segment)?,
         })

@@ -277,10 +277,38 @@ fn non_shmem_crash(h: &Harness) {
     let before = h.wait_events("both to start", |e| {
         count(e, "s1", "start") == 1 && count(e, "n1", "start") == 1
     });
-    let generation = h.attach().generation();
+    let segment = h.attach();
+    let generation = segment.generation();
     let n1 = before.iter().find(|l| l.worker == "n1").expect("n1").pid;
     kill(Pid::from_raw(n1 as i32), Signal::SIGKILL).expect("kill n1");
-    h.wait_events("n1 to start again", |e| count(e, "n1", "start") == 2);
+    let after = h.wait_events("n1 to start again", |e| count(e, "n1", "start") == 2);
+    assert_eq!(segment.generation(), generation, "no reset");
+    // The published status says the same, from another process.
+    let shared = Shared::attach(&segment, &test_shared_config()).expect("regions");
+    let new_pid = after
+        .iter()
+        .rev()
+        .find(|l| l.worker == "n1")
+        .expect("n1")
+        .pid;
+    let deadline = Instant::now() + DEADLINE;
+    let row = loop {
+        let rows = bgw::status::read_all(shared.status);
+        if let Some(row) = rows
+            .into_iter()
+            .find(|r| r.name == "n1" && r.pid == new_pid)
+        {
+            break row;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1's status never showed pid {new_pid}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!((row.starts, row.restarts), (2, 1));
+    assert_eq!(row.last_exit, Some(bgw::core::ExitStatus::Signaled(9)));
+    assert_eq!(row.group, "root");
     pm.signal(Signal::SIGTERM);
     assert_eq!(pm.wait_exit(), 0);
     let events = h.events();
@@ -290,7 +318,6 @@ fn non_shmem_crash(h: &Harness) {
         "no reset for a worker without shared memory:\n{}",
         pm.log()
     );
-    let _ = generation;
 }
 
 fn restart_delay(h: &Harness) {
@@ -319,8 +346,10 @@ fn never_restart(h: &Harness) {
 
 fn dynamic(h: &Harness) {
     let mut pm = h.start();
+    // wait_started returns once the worker is forked, which may be before
+    // its entry point wrote its line: wait for both.
     let events = h.wait_events("the registrar's round trip", |e| {
-        count(e, "registrar", "dyn-again") == 1
+        count(e, "registrar", "dyn-again") == 1 && count(e, "dyn", "start") == 2
     });
     let started = events
         .iter()
