@@ -1,131 +1,461 @@
-//! `postmaster demo`: the main job a new user runs first. For now it creates
-//! the named segment, shows its layout and keeps it up until the duration
-//! ends or the user presses Ctrl-C; later issues add the workers.
+//! `postmaster demo`: the main job a new user runs first. A postmaster with
+//! sample workers, a live status table, and two crashes staged to show the
+//! difference between containment and a reset.
+//!
+//! The process forks. The child is the postmaster (single-threaded, as a
+//! postmaster must be); the parent is the watcher, which attaches to the
+//! named segment like `postmaster status` does, redraws the table, and at a
+//! third and two thirds of the run SIGKILLs a worker:
+//!
+//! - `counter` (PostgreSQL's worker_spi sample, redone) bumps a shared
+//!   counter every 100 ms, reports ready and feeds a watchdog. Killed
+//!   outside any critical section, it is *contained*: restarted alone, the
+//!   segment generation unchanged.
+//! - `ledger` holds a critical section while it "updates" shared state.
+//!   Killed inside it, the postmaster cannot trust the segment: every worker
+//!   is stopped, the segment reset (generation + 1), everyone restarted.
+//! - `ticker` is a state machine (`bgw::statem`): a state timeout fires
+//!   every 250 ms and counts a batch, the PGQ ticker's job.
+//! - `flaky` (no shared memory) fails after a second and is restarted with
+//!   a growing backoff by its supervision group.
+//!
+//! Ctrl-C (or the end of `--duration`) asks for a fast shutdown; the
+//! summary follows and the segment is gone.
 
+use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use bgw::group::{Backoff, GroupSpec, Intensity};
+use bgw::spec::OnCrash;
+use bgw::statem::{Event, EventSource, Message, Runner, StateMachine, Transition, WaitResult};
+use bgw::status::{ShownState, WorkerRow};
+use bgw::{
+    Postmaster, Restart, Shared, SharedConfig, WorkerContext, WorkerExit, WorkerResult, WorkerSpec,
+};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
 use shmem::sync::{AtomicU64, Ordering};
-use shmem::{CreateError, Layout, Segment};
+use shmem::{AttachError, Layout, LayoutBuilder, Segment};
 
-/// The demo's layout: a tick counter and a few per-worker cache lines.
-fn layout() -> Result<Layout, String> {
-    Layout::builder()
-        .region::<AtomicU64>("ticks")
-        .array::<[AtomicU64; 16]>("worker_lines", 8)
+/// The demo's own counters, one cache line.
+#[repr(C, align(128))]
+#[derive(Debug, Default)]
+pub struct DemoCounters {
+    /// Bumped by `counter`.
+    pub count: AtomicU64,
+    /// Batches ticked by `ticker`.
+    pub batches: AtomicU64,
+    /// Updates finished by `ledger`.
+    pub ledger: AtomicU64,
+}
+
+// SAFETY: repr(C) atomics only: any bytes are valid, no pointers, all
+// mutation atomic.
+unsafe impl shmem::ShmSafe for DemoCounters {}
+
+/// Region name of [`DemoCounters`].
+pub const COUNTERS: &str = "demo.counters";
+
+/// The sizes the demo's postmaster uses (an attaching `postmaster status`
+/// must use the same).
+pub fn shared_config() -> SharedConfig {
+    SharedConfig::default()
+}
+
+fn add_regions(builder: LayoutBuilder) -> LayoutBuilder {
+    builder.region::<DemoCounters>(COUNTERS)
+}
+
+/// The demo segment's layout, as the postmaster builds it.
+pub fn layout() -> Result<Layout, String> {
+    add_regions(shared_config().declare(Layout::builder()))
         .build()
         .map_err(|e| e.to_string())
+}
+
+fn counters(ctx: &WorkerContext<'_>) -> Result<&'static DemoCounters, Box<dyn std::error::Error>> {
+    let segment = ctx.segment().ok_or("the demo workers need shared memory")?;
+    Ok(segment.region::<DemoCounters>(COUNTERS)?)
+}
+
+fn counter_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
+    let counters = counters(ctx)?;
+    ctx.ready();
+    loop {
+        ctx.latch().reset();
+        if ctx.should_stop() {
+            return Ok(WorkerExit::Done);
+        }
+        // Relaxed: a statistic shown by the watcher.
+        counters.count.fetch_add(1, Ordering::Relaxed);
+        ctx.heartbeat();
+        ctx.wait(Some(Instant::now() + Duration::from_millis(100)));
+    }
+}
+
+fn ledger_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
+    let counters = counters(ctx)?;
+    ctx.ready();
+    loop {
+        {
+            // A multi-step update of shared state: a crash in here leaves it
+            // half-done, which only a reset can repair.
+            let _critical = ctx.critical();
+            ctx.latch().reset();
+            if ctx.should_stop() {
+                return Ok(WorkerExit::Done);
+            }
+            ctx.wait(Some(Instant::now() + Duration::from_millis(400)));
+            // Relaxed: a statistic.
+            counters.ledger.fetch_add(1, Ordering::Relaxed);
+        }
+        if ctx.should_stop() {
+            return Ok(WorkerExit::Done);
+        }
+    }
+}
+
+fn flaky_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        ctx.latch().reset();
+        if ctx.should_stop() {
+            return Ok(WorkerExit::Done);
+        }
+        ctx.wait(Some(until));
+    }
+    Err("the demo's deliberate failure".into())
+}
+
+/// The ticker: one state, whose state timeout counts a batch and re-arms.
+struct Ticker {
+    batches: &'static AtomicU64,
+}
+
+const TICK: Duration = Duration::from_millis(250);
+
+impl StateMachine for Ticker {
+    type State = &'static str;
+
+    fn init(&mut self) -> (&'static str, Vec<bgw::statem::Action>) {
+        let first = Transition::<&'static str>::keep().state_timeout(TICK, *b"tick");
+        ("ticking", first.actions)
+    }
+
+    fn handle_event(
+        &mut self,
+        _state: &&'static str,
+        event: &Event<&'static str>,
+    ) -> Transition<&'static str> {
+        match event {
+            Event::StateTimeout(_) => {
+                // Relaxed: a statistic.
+                self.batches.fetch_add(1, Ordering::Relaxed);
+                Transition::keep().state_timeout(TICK, *b"tick")
+            }
+            _ => Transition::keep(),
+        }
+    }
+}
+
+/// A worker's latch and clock as the state machine's event source (its
+/// mailbox joins when workers get one).
+struct WorkerSource<'c, 'a> {
+    ctx: &'c WorkerContext<'a>,
+}
+
+impl EventSource for WorkerSource<'_, '_> {
+    fn now(&mut self) -> Instant {
+        Instant::now()
+    }
+
+    fn reset(&mut self) {
+        self.ctx.latch().reset();
+    }
+
+    fn poll(&mut self) -> Option<Message> {
+        None
+    }
+
+    fn wait(&mut self, deadline: Option<Instant>) -> WaitResult {
+        if self.ctx.should_stop() {
+            return WaitResult::Closed;
+        }
+        match self.ctx.wait(deadline) {
+            latch::Wake::Timeout => WaitResult::TimedOut,
+            latch::Wake::Set if self.ctx.should_stop() => WaitResult::Closed,
+            latch::Wake::Set => WaitResult::Woken,
+            latch::Wake::PostmasterDied => WaitResult::Closed,
+        }
+    }
+}
+
+fn ticker_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
+    let batches = &counters(ctx)?.batches;
+    let (mut runner, _) = Runner::start(Ticker { batches }, Instant::now());
+    ctx.ready();
+    runner.run(&mut WorkerSource { ctx }, |_| {});
+    Ok(WorkerExit::Done)
+}
+
+/// The demo's postmaster; runs in the forked child and never returns.
+fn run_postmaster(name: &str) -> ! {
+    let mut pm = Postmaster::builder()
+        .segment_name(name)
+        .regions(add_regions)
+        .crash_kill_timeout(Duration::from_secs(2))
+        .build();
+    pm.entry("counter", counter_main)
+        .entry("ledger", ledger_main)
+        .entry("ticker", ticker_main)
+        .entry("flaky", flaky_main);
+    let code = (|| -> Result<i32, bgw::PostmasterError> {
+        pm.group(
+            GroupSpec::new("flaky")
+                .intensity(Intensity {
+                    max_restarts: 20,
+                    period: Duration::from_secs(60),
+                })
+                .backoff(Backoff {
+                    initial: Duration::from_millis(200),
+                    max: Duration::from_secs(3),
+                    jitter: 0.1,
+                }),
+        )?;
+        let restart = Restart::After(Duration::from_millis(200));
+        pm.register(
+            WorkerSpec::new("counter")
+                .restart(restart)
+                .on_crash(OnCrash::Contain)
+                .watchdog(Duration::from_secs(2)),
+        )?;
+        pm.register(
+            WorkerSpec::new("ledger")
+                .restart(restart)
+                .on_crash(OnCrash::Contain),
+        )?;
+        pm.register(WorkerSpec::new("ticker").restart(restart))?;
+        pm.register(
+            WorkerSpec::new("flaky")
+                .group("flaky")
+                .shmem(false)
+                .restart(Restart::Transient),
+        )?;
+        pm.run()
+    })();
+    std::process::exit(match code {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("postmaster: {e}");
+            1
+        }
+    })
 }
 
 /// Runs the demo.
 pub fn run(name: &str, duration: Duration) -> Result<(), String> {
     let layout = layout()?;
-    // Ctrl-C and SIGTERM arrive through a signalfd, so the segment is
-    // dropped (and its name removed) however the demo ends.
+    match Segment::attach(name, &layout) {
+        Err(AttachError::NotFound { .. }) => {}
+        Err(AttachError::Stale { .. }) => {
+            Segment::remove_stale(name).map_err(|e| e.to_string())?;
+            println!("removed the stale segment {name:?} left by a demo that died");
+        }
+        Ok(_) => {
+            return Err(format!(
+                "a postmaster is already running with segment {name:?}; stop it or pick \
+                 another --name"
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    // Ctrl-C and SIGTERM reach the watcher through a signalfd; the
+    // postmaster (same process group) gets Ctrl-C too and shuts down fast.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    // SAFETY: this process has one thread (the CLI starts none before the
+    // demo), so the child is a complete copy; it runs only run_postmaster,
+    // which never returns.
+    let pm = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => run_postmaster(name),
+        ForkResult::Parent { child } => child,
+    };
     signals
         .thread_block()
         .map_err(|e| format!("blocking signals: {e}"))?;
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {e}"))?;
+    let outcome = watch(name, &layout, pm, &sigfd, duration);
+    // However the watch ended, the postmaster goes too.
+    let _ = kill(pm, Signal::SIGINT);
+    let status = waitpid(pm, None).map_err(|e| format!("waitpid: {e}"))?;
+    let summary = outcome?;
+    println!("{summary}");
+    match status {
+        WaitStatus::Exited(_, 0) => {}
+        other => return Err(format!("the postmaster ended with {other:?}")),
+    }
+    if Segment::attach(name, &layout).is_ok() {
+        return Err(format!("segment {name:?} is still there after shutdown"));
+    }
+    println!("postmaster exited cleanly; segment {name:?} removed");
+    Ok(())
+}
 
-    let segment = create(name, &layout)?;
-    print_layout(&segment);
-    let ticks = segment
-        .region::<AtomicU64>("ticks")
-        .map_err(|e| e.to_string())?;
-
+/// Redraws the table until the duration ends or a signal comes; stages
+/// the two crashes; returns the summary line.
+fn watch(
+    name: &str,
+    layout: &Layout,
+    pm: Pid,
+    sigfd: &SignalFd,
+    duration: Duration,
+) -> Result<String, String> {
     let start = Instant::now();
+    let segment = loop {
+        match Segment::attach(name, layout) {
+            Ok(segment) => break segment,
+            Err(AttachError::NotFound { .. } | AttachError::NotReady { .. })
+                if start.elapsed() < Duration::from_secs(10) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(format!("attaching to the demo's segment: {e}")),
+        }
+    };
+    let shared = Shared::attach(&segment, &shared_config()).map_err(|e| e.to_string())?;
+    let demo = segment
+        .region::<DemoCounters>(COUNTERS)
+        .map_err(|e| e.to_string())?;
+    let terminal = std::io::stdout().is_terminal();
     let deadline = start + duration;
+    let mut staged = [
+        (duration / 3, "counter", false),
+        (duration * 2 / 3, "ledger", false),
+    ];
     let mut interrupted = false;
     loop {
         let now = Instant::now();
+        for (at, worker, done) in &mut staged {
+            if !*done && now >= start + *at {
+                *done = true;
+                let rows = bgw::status::read_all(shared.status);
+                if let Some(row) = rows.iter().find(|r| r.name == *worker && r.pid != 0) {
+                    println!("demo: SIGKILL {worker} (pid {})", row.pid);
+                    let _ = kill(Pid::from_raw(row.pid as i32), Signal::SIGKILL);
+                }
+            }
+        }
+        print_table(&segment, &shared, demo, start.elapsed(), terminal);
         if now >= deadline {
             break;
         }
-        let wait = (deadline - now).min(Duration::from_secs(1));
+        let wait = (deadline - now).min(Duration::from_millis(if terminal { 250 } else { 1000 }));
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
-            Ok(0) => {
-                // Relaxed: a statistic; nothing is published with it.
-                let n = ticks.fetch_add(1, Ordering::Relaxed) + 1;
-                println!(
-                    "t={:>5.1}s ticks={n} generation={}",
-                    start.elapsed().as_secs_f64(),
-                    segment.generation()
-                );
-            }
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
             Ok(_) => {
                 interrupted = true;
                 break;
             }
-            Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(format!("poll: {e}")),
         }
+        if let Ok(Some(_)) | Err(_) = waitpid(pm, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            .map(|s| (s != WaitStatus::StillAlive).then_some(()))
+        {
+            return Err("the postmaster exited early; see its log above".to_owned());
+        }
     }
-    println!(
-        "demo {} after {:.1}s; removing segment {name:?}",
+    let counters = shared.control.counters();
+    let rows = bgw::status::read_all(shared.status);
+    let restarts: u64 = rows.iter().map(|r| r.restarts).sum();
+    Ok(format!(
+        "demo {} after {:.1}s: workers={} restarts={} resets={} containments={} generation={} \
+         count={} batches={}",
         if interrupted {
             "interrupted"
         } else {
             "finished"
         },
-        start.elapsed().as_secs_f64()
-    );
-    Ok(())
+        start.elapsed().as_secs_f64(),
+        rows.len(),
+        restarts.max(counters.restarts),
+        counters.resets,
+        counters.containments,
+        segment.generation(),
+        // Relaxed: statistics.
+        demo.count.load(Ordering::Relaxed),
+        demo.batches.load(Ordering::Relaxed),
+    ))
 }
 
-/// Creates the segment; a leftover from a demo that died is removed first,
-/// one that is still in use is reported.
-fn create(name: &str, layout: &Layout) -> Result<Segment, String> {
-    match Segment::create_named(name, layout) {
-        Err(CreateError::AlreadyExists { .. }) => {
-            Segment::remove_stale(name).map_err(|e| e.to_string())?;
-            println!("removed the stale segment {name:?} left by a demo that died");
-            Segment::create_named(name, layout).map_err(|e| e.to_string())
-        }
-        other => other.map_err(|e| e.to_string()),
+fn print_table(
+    segment: &Segment,
+    shared: &Shared<'_>,
+    demo: &DemoCounters,
+    elapsed: Duration,
+    terminal: bool,
+) {
+    let rows = bgw::status::read_all(shared.status);
+    let counters = shared.control.counters();
+    let mut out = String::new();
+    if terminal {
+        out.push_str("\x1b[H\x1b[2J");
     }
+    out.push_str(&format!(
+        "t={:>5.1}s generation={} resets={} containments={} count={} batches={} ledger={}\n",
+        elapsed.as_secs_f64(),
+        segment.generation(),
+        counters.resets,
+        counters.containments,
+        // Relaxed: statistics.
+        demo.count.load(Ordering::Relaxed),
+        demo.batches.load(Ordering::Relaxed),
+        demo.ledger.load(Ordering::Relaxed),
+    ));
+    out.push_str(&table(&rows));
+    print!("{out}");
+    let _ = std::io::stdout().flush();
 }
 
-fn print_layout(segment: &Segment) {
-    let layout = segment.layout();
-    let header = segment.header_snapshot();
-    println!(
-        "segment /dev/shm/postmaster.{} size={} bytes hash={:#018x} generation={} creator={}",
-        segment.name().unwrap_or("(anonymous)"),
-        layout.size(),
-        layout.hash(),
-        header.generation,
-        header.creator_pid
+/// The status table, one line per worker.
+pub fn table(rows: &[WorkerRow]) -> String {
+    let now = monotonic_ns();
+    let mut out = format!(
+        "  {:<12} {:<8} {:>7} {:<9} {:>8} {:<14} {:>8}\n",
+        "worker", "group", "pid", "state", "restarts", "last exit", "uptime"
     );
-    println!(
-        "{:<16} {:>8} {:>8} {:>6} {:>6}  type",
-        "region", "offset", "bytes", "count", "align"
-    );
-    println!(
-        "{:<16} {:>8} {:>8} {:>6} {:>6}  segment header",
-        "(header)",
-        0,
-        shmem::HEADER_SIZE,
-        1,
-        shmem::CACHE_LINE
-    );
-    for r in layout.regions() {
-        println!(
-            "{:<16} {:>8} {:>8} {:>6} {:>6}  {}",
-            r.name(),
-            r.offset(),
-            r.len(),
-            r.count(),
-            r.align(),
-            r.type_name()
-        );
+    for r in rows {
+        let uptime = if r.started_at_ns == 0 || r.state == ShownState::Waiting {
+            "-".to_owned()
+        } else {
+            format!("{:.1}s", now.saturating_sub(r.started_at_ns) as f64 / 1e9)
+        };
+        out.push_str(&format!(
+            "  {:<12} {:<8} {:>7} {:<9} {:>8} {:<14} {:>8}\n",
+            r.name,
+            r.group,
+            if r.pid == 0 {
+                "-".to_owned()
+            } else {
+                r.pid.to_string()
+            },
+            r.state.name(),
+            r.restarts,
+            r.last_exit.map_or("-".to_owned(), |e| e.to_string()),
+            uptime
+        ));
     }
+    out
+}
+
+fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }

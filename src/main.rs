@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a segment, show its layout and keep it up for a while.
+    /// Run a postmaster with sample workers and a live status table; stage a
+    /// contained crash and a crash that resets shared memory.
     Demo {
         /// Name of the shared-memory segment (/dev/shm/postmaster.NAME).
         #[arg(long, default_value = "demo")]
