@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod status;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,6 +33,24 @@ enum Command {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Show the workers of a running demo postmaster.
+    Status {
+        /// Name of its segment.
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// Print JSON (stable; see the docs of `postmaster status`).
+        #[arg(long)]
+        json: bool,
+        /// Print again every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Remove a segment left by a postmaster that died.
+    Cleanup {
+        /// Name of the segment.
+        #[arg(long, default_value = "demo")]
+        name: String,
+    },
     /// Measure and print one `name value unit` line per figure.
     Bench {
         /// Short runs: the whole suite in well under a minute.
@@ -46,6 +65,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo { name, duration } => demo::run(&name, duration),
+        Command::Status { name, json, watch } => status::run(&name, json, watch),
+        Command::Cleanup { name } => status::cleanup(&name),
         Command::Bench { quick, filter } => {
             bench::run(&bench::BenchOpts { quick }, filter.as_deref())
         }
