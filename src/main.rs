@@ -56,7 +56,8 @@ enum Command {
         /// Short runs: the whole suite in well under a minute.
         #[arg(long)]
         quick: bool,
-        /// Run only the groups whose name contains this (segment, latch, ring).
+        /// Run only the groups whose name contains this (segment, latch, ring,
+        /// slots, bgw).
         filter: Option<String>,
     },
 }

@@ -122,7 +122,7 @@ pub struct PostmasterBuilder {
     segment_name: Option<String>,
     shared: SharedConfig,
     core: CoreConfig,
-    regions: Option<Box<dyn FnOnce(LayoutBuilder) -> LayoutBuilder>>,
+    regions: Option<Box<dyn Fn(LayoutBuilder) -> LayoutBuilder>>,
     log: bool,
 }
 
@@ -173,7 +173,7 @@ impl PostmasterBuilder {
     }
 
     /// Adds the application's own regions to the segment.
-    pub fn regions(mut self, add: impl FnOnce(LayoutBuilder) -> LayoutBuilder + 'static) -> Self {
+    pub fn regions(mut self, add: impl Fn(LayoutBuilder) -> LayoutBuilder + 'static) -> Self {
         self.regions = Some(Box::new(add));
         self
     }
@@ -231,7 +231,7 @@ struct Dynamic {
 pub struct Postmaster {
     segment_name: Option<String>,
     shared: SharedConfig,
-    regions: Option<Box<dyn FnOnce(LayoutBuilder) -> LayoutBuilder>>,
+    regions: Option<Box<dyn Fn(LayoutBuilder) -> LayoutBuilder>>,
     log: bool,
     core: Core,
     entries: BTreeMap<String, Box<Entry>>,
@@ -337,9 +337,9 @@ impl Postmaster {
     }
 
     /// The layout the postmaster's segment will have.
-    pub fn layout(&mut self) -> Result<Layout, PostmasterError> {
+    pub fn layout(&self) -> Result<Layout, PostmasterError> {
         let builder = self.shared.declare(Layout::builder());
-        let builder = match self.regions.take() {
+        let builder = match &self.regions {
             Some(add) => add(builder),
             None => builder,
         };
@@ -965,4 +965,23 @@ fn thread_count() -> usize {
                 .and_then(|n| n.trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A regression test: `layout()` used to take the application's region
+    /// closure, so a later `run()` built the segment without its regions.
+    #[test]
+    fn layout_can_be_asked_for_repeatedly_and_keeps_the_application_regions() {
+        let pm = Postmaster::builder()
+            .regions(|b| b.region::<shmem::sync::AtomicU64>("app.counter"))
+            .log(false)
+            .build();
+        let first = pm.layout().expect("layout");
+        let second = pm.layout().expect("layout");
+        assert!(first.find("app.counter").is_some());
+        assert_eq!(first.hash(), second.hash());
+    }
 }
