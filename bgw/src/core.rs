@@ -726,6 +726,13 @@ impl Core {
                     w.state = RunState::Waiting {
                         not_before: Some(retry),
                     };
+                    // A failed fork is no start: a restart=never worker
+                    // still gets its one run (after a reset too).
+                    w.starts -= 1;
+                    if w.terminating {
+                        // Terminated while forking: it will not start now.
+                        self.unregister(worker);
+                    }
                     if !matches!(self.state, PmState::Running) {
                         self.settle(now);
                     }
@@ -882,6 +889,11 @@ impl Core {
         match self.state {
             PmState::Running if must_reset => {
                 self.crash(now, Some(id), pid, Some(status));
+                // Exit 0 means finished even with a dirty slot: the reset
+                // must not start it again.
+                if status.is_finished() || terminating {
+                    self.unregister(id);
+                }
             }
             PmState::Running => {
                 if shmem && abnormal {
@@ -1308,6 +1320,12 @@ impl Core {
     fn signal_stop(&mut self, now: Duration, id: WorkerId, signal: Sig) {
         let crash_timeout = self.config.crash_kill_timeout;
         let Some(w) = self.worker_mut(id) else { return };
+        if w.killed {
+            // SIGKILL is on its way: nothing milder is worth sending, and no
+            // SIGKILL timer may be armed again (kill() would not clear it,
+            // and timeout() would stay zero until the child is reaped).
+            return;
+        }
         let (pid, kill_at) = match w.state {
             RunState::Running { pid } => (pid, None),
             RunState::Stopping { pid, kill_at } if signal == Sig::Quit => (pid, kill_at),
