@@ -897,9 +897,18 @@ impl Postmaster {
         let Ok(shared) = Shared::attach(segment, &self.shared) else {
             return;
         };
-        if let Some(owner) = self.owner.as_ref() {
+        // A worker that stopped for good (the core unregistered it in the
+        // same step) has its registration released *before* the registrant
+        // is woken: a registrant that wakes on "stopped" must already hold
+        // a stale handle, or its terminate() would still act.
+        let gone = status == WorkerStatus::Stopped && self.core.worker(worker).is_none();
+        if let Some(owner) = self.owner.as_mut() {
             let _ = match status {
                 WorkerStatus::Started { pid } => owner.set_started(&shared.registry, d.handle, pid),
+                WorkerStatus::Stopped if gone => {
+                    self.dynamic.remove(&worker);
+                    owner.release(&shared.registry, d.handle)
+                }
                 WorkerStatus::Stopped => owner.set_stopped(&shared.registry, d.handle),
             };
         }
