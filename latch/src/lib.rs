@@ -111,6 +111,12 @@
 //! `tests/loom.rs` checks these arguments exhaustively for small thread
 //! counts, with a model futex under which a missing wake is a deadlock.
 //!
+//! # Channels
+//!
+//! [`channel`] puts blocking ends over the rings of [`shmem::ring`]: sends
+//! and receives with deadlines that sleep on latches, with batched
+//! wake-ups and the same reset-check-wait discipline as above.
+//!
 //! # Shared memory
 //!
 //! `Latch` is `#[repr(C)]`, 12 bytes, 4-aligned, all-zero valid, and any
@@ -119,6 +125,7 @@
 //! `NotOwner`). A latch set often by another CPU should not share a cache
 //! line with other hot data.
 
+pub mod channel;
 pub mod futex;
 pub mod pid;
 #[cfg(not(loom))]

@@ -14,6 +14,14 @@
 //! The functions that run one measurement return the time the consumer
 //! took from "go" to the last message; `benches/ring.rs` includes this file
 //! and times the same functions under criterion.
+//!
+//! `spsc_blocking_xproc_mmsgs` streams through the blocking ends of
+//! `latch::channel` instead of spinning on `try_push`/`try_pop`: both sides
+//! sleep on latches when the ring is full or empty, on a smaller ring
+//! ([`BLOCKING_CAPACITY`]). Next to it, `spsc_blocking_sets_per_kmsg` and
+//! `spsc_blocking_waits_per_kmsg` count the latch sets both ends made and
+//! the waits they entered per thousand messages in that run: without the
+//! batched wake-ups every message would cost a set.
 
 use std::os::fd::AsFd;
 use std::sync::{Arc, Barrier};
@@ -21,6 +29,8 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use crossbeam_queue::ArrayQueue;
+use latch::Latch;
+use latch::channel::{Latches, Stats, spsc};
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -29,7 +39,7 @@ use shmem::ring::{
     ByteRecvError, ByteRing, ByteSendError, MpscPopError, MpscPushError, MpscRing, SpscPopError,
     SpscPushError, SpscRing, own_token,
 };
-use shmem::sync::{AtomicU32, Ordering, spin_loop};
+use shmem::sync::{AtomicU32, AtomicU64, Ordering, spin_loop};
 use shmem::{Layout, Segment};
 
 use super::{BenchOpts, Figure};
@@ -46,6 +56,9 @@ const REPEATS: usize = 5;
 
 /// A consumer that sees no progress for this long gives up.
 const STALL: Duration = Duration::from_secs(10);
+
+/// Cells in the ring of the blocking-ends figure.
+pub const BLOCKING_CAPACITY: usize = 1024;
 
 /// Bytes per message in the byte-ring figure.
 pub const BYTE_MESSAGE: usize = 1024;
@@ -142,6 +155,29 @@ fn measure_all(scale: u64) -> Result<Vec<Figure>, String> {
         best(typed, &spsc_batch_xproc)?,
         "mmsgs",
     );
+    let (blocking, blocking_stats) = {
+        let count = typed / 3;
+        let mut best: Option<(Duration, Stats)> = None;
+        for _ in 0..REPEATS {
+            let run = spsc_blocking_xproc(count)?;
+            if best.is_none_or(|(fastest, _)| run.0 < fastest) {
+                best = Some(run);
+            }
+        }
+        let (elapsed, stats) = best.ok_or("no blocking run")?;
+        let per_kmsg = |n: u64| n as f64 * 1000.0 / count as f64;
+        (
+            Figure::new("spsc_blocking_xproc_mmsgs", rate(count, elapsed), "mmsgs"),
+            [
+                Figure::new("spsc_blocking_sets_per_kmsg", per_kmsg(stats.sets), "sets"),
+                Figure::new(
+                    "spsc_blocking_waits_per_kmsg",
+                    per_kmsg(stats.waits),
+                    "waits",
+                ),
+            ],
+        )
+    };
     let mpsc = Figure::new(
         "mpsc2_xproc_mmsgs",
         best(typed / 2, &mpsc2_xproc::<u64>)?,
@@ -179,14 +215,15 @@ fn measure_all(scale: u64) -> Result<Vec<Figure>, String> {
         "mbps",
     );
     let ratios = [
+        Figure::ratio(&blocking, &spsc),
         Figure::ratio(&spsc, &aq_spsc),
         Figure::ratio(&mpsc, &aq_mpsc),
         Figure::ratio(&spsc, &pipe),
         Figure::ratio(&mpsc, &pipe),
     ];
-    let mut figures = vec![
-        spsc, spsc64, spsc_batch, mpsc, mpsc64, aq_spsc, aq_mpsc, chan, pipe, bytering,
-    ];
+    let mut figures = vec![spsc, spsc64, spsc_batch, blocking];
+    figures.extend(blocking_stats);
+    figures.extend([mpsc, mpsc64, aq_spsc, aq_mpsc, chan, pipe, bytering]);
     figures.extend(ratios);
     Ok(figures)
 }
@@ -400,6 +437,86 @@ pub fn spsc_batch_xproc(count: u64) -> Result<Duration, String> {
     let elapsed = started.elapsed();
     reap(child)?;
     Ok(elapsed)
+}
+
+/// SPSC across processes through the blocking ends of `latch::channel`
+/// (ring of [`BLOCKING_CAPACITY`]), one `send`/`recv` per message: both
+/// ends sleep on their latches when the ring is full or empty. Returns the
+/// time and the two ends' [`Stats`] added up.
+pub fn spsc_blocking_xproc(count: u64) -> Result<(Duration, Stats), String> {
+    let layout = handshake_layout(
+        Layout::builder()
+            .spsc_ring::<u64>("ring", BLOCKING_CAPACITY)
+            .region::<Latch>("tx_latch")
+            .region::<Latch>("rx_latch")
+            .array::<AtomicU64>("tx_stats", 2),
+    )
+    .build()
+    .map_err(|e| e.to_string())?;
+    let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
+    let ring = SpscRing::<u64>::from_segment(&segment, "ring").map_err(|e| e.to_string())?;
+    let region = |name| segment.region::<Latch>(name).map_err(|e| e.to_string());
+    let (tx_latch, rx_latch) = (region("tx_latch")?, region("rx_latch")?);
+    let tx_stats = segment
+        .array::<AtomicU64>("tx_stats")
+        .map_err(|e| e.to_string())?;
+    rx_latch.own().map_err(|e| e.to_string())?;
+    pin(0)?;
+    let child = fork_pinned(1, || {
+        let Ok(producer) = ring.producer(own_token()) else {
+            return 2;
+        };
+        if tx_latch.own().is_err() {
+            return 5;
+        }
+        let latches = Latches {
+            own: tx_latch,
+            peer: rx_latch,
+        };
+        let mut tx = spsc::Sender::new(producer, latches);
+        if !child_ready_then_wait(&segment) {
+            return 4;
+        }
+        // One deadline for the run: reading the clock per message would
+        // cost more than the message.
+        let deadline = Some(Instant::now() + STALL);
+        for seq in 0..count {
+            if tx.send(seq, deadline).is_err() {
+                return 3;
+            }
+        }
+        let stats = tx.stats();
+        // Relaxed: the parent reads them after reaping us.
+        tx_stats[0].store(stats.sets, Ordering::Relaxed);
+        tx_stats[1].store(stats.waits, Ordering::Relaxed);
+        0
+    })?;
+    let consumer = ring.consumer(own_token()).map_err(|e| e.to_string())?;
+    let latches = Latches {
+        own: rx_latch,
+        peer: tx_latch,
+    };
+    let mut rx = spsc::Receiver::new(consumer, latches);
+    let started = parent_go(&segment, &[child])?;
+    let deadline = Some(started + STALL);
+    for expected in 0..count {
+        match rx.recv(deadline) {
+            Ok(v) if v == expected => {}
+            Ok(v) => return abandon(&[child], format!("spsc blocking: got {v}, want {expected}")),
+            Err(e) => {
+                return abandon(&[child], format!("spsc blocking: at {expected}: {e}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    reap(child)?;
+    let rx_stats = rx.stats();
+    // Relaxed: written before the child exited, which waitpid ordered.
+    let stats = Stats {
+        sets: rx_stats.sets + tx_stats[0].load(Ordering::Relaxed),
+        waits: rx_stats.waits + tx_stats[1].load(Ordering::Relaxed),
+    };
+    Ok((elapsed, stats))
 }
 
 /// Checks per-producer order of values `producer << 56 | seq`.

@@ -80,9 +80,11 @@
 //! load the peer's (`peer_position()`), so it can wake the peer when the
 //! ring goes from empty to non-empty or from full to non-full, or every
 //! quarter ring as shm_mq does. Its wait loop must be "reset latch, try,
-//! wait", and its publish side "push, then set the peer's latch"; the latch
-//! supplies the `SeqCst` ordering that makes that store-then-load pattern
-//! free of lost wake-ups.
+//! wait", and its publish side "push, then set the peer's latch". The
+//! latch's own orderings (`Release` set, `Acquire` reset) do not order a
+//! store before a later load, so a layer that skips sets (looks at the
+//! peer's latch or position before setting) needs a `SeqCst` fence on both
+//! sides of that store-then-load pattern; `latch::channel` is that layer.
 
 mod bytes;
 mod mpsc;
