@@ -11,6 +11,7 @@
 //! - [`registry`]: dynamic registration slots in shared memory.
 //! - [`handle`]: handles to dynamic workers ([`WorkerHandle`]).
 //! - [`names`]: the unique name table in shared memory.
+//! - [`mailbox`]: per-worker inboxes: cast, call and reply.
 //! - [`shared`]: the postmaster's regions of the segment.
 //!
 //! Under `--cfg loom` only the shared-memory protocols (registry, status,
@@ -22,6 +23,7 @@ pub mod core;
 pub mod group;
 #[cfg(not(loom))]
 pub mod handle;
+pub mod mailbox;
 pub mod names;
 #[cfg(not(loom))]
 pub mod postmaster;
