@@ -63,7 +63,7 @@ pub fn cleanup(name: &str) -> Result<(), String> {
 
 fn to_json(segment: &Segment, shared: &Shared<'_>, rows: &[WorkerRow]) -> String {
     let counters = shared.control.counters();
-    let now = crate::demo::monotonic_ns();
+    let now = bgw::status::monotonic_ns();
     let workers: Vec<String> = rows
         .iter()
         .map(|r| {

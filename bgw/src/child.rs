@@ -282,8 +282,7 @@ impl WorkerContext<'_> {
         if let (Some(shared), Some(slot)) = (self.shared, self.slot)
             && let Some(proc) = shared.procs.get(slot.index)
         {
-            let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-            proc.beat(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64);
+            proc.beat(crate::status::monotonic_ns());
         }
     }
 

@@ -57,7 +57,7 @@ use crate::group::{Escalation, GroupSpec};
 use crate::registry::{self, RegHandle, RegistryOwner, RejectReason};
 use crate::shared::{Counters, Shared, SharedConfig, SharedError};
 use crate::spec::{Phase, SpecError, WorkerSpec};
-use crate::status::WorkerRow;
+use crate::status::{WorkerRow, monotonic_ns};
 
 /// Why the postmaster could not be set up or could not go on.
 #[derive(Debug, Error)]
@@ -808,23 +808,21 @@ impl Postmaster {
             let assigned = Shared::attach(segment, &self.shared)
                 .map_err(|e| e.to_string())
                 .and_then(|shared| {
-                    shared
-                        .procs
-                        .assign(Kind::Worker, u64::from(worker.index))
-                        .map_err(|e| match e {
-                            ProcArrayError::NoFreeSlot { .. } => String::new(),
-                            other => other.to_string(),
-                        })
+                    match shared.procs.assign(Kind::Worker, u64::from(worker.index)) {
+                        // No slot free: retried after the fork retry delay.
+                        Err(ProcArrayError::NoFreeSlot { .. }) => Ok(None),
+                        Err(corrupt) => Err(corrupt.to_string()),
+                        Ok(handle) => Ok(Some(handle)),
+                    }
                 });
             match assigned {
-                Ok(handle) => Some(handle),
+                Ok(Some(handle)) => Some(handle),
+                Ok(None) => return Event::ForkFailed { worker },
                 Err(corrupt) => {
-                    if !corrupt.is_empty() {
-                        self.log(format_args!("proc array: {corrupt}"));
-                        // Retry after the reset this asks for.
-                        self.core
-                            .handle(self.started.elapsed(), Event::SharedStateCorrupt);
-                    }
+                    self.log(format_args!("proc array: {corrupt}"));
+                    // Retried after the reset this asks for.
+                    self.core
+                        .handle(self.started.elapsed(), Event::SharedStateCorrupt);
                     return Event::ForkFailed { worker };
                 }
             }
@@ -954,13 +952,6 @@ impl Postmaster {
         ));
         Ok(())
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds (the clock `Instant` uses, readable by
-/// other processes).
-fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// The number of threads of this process, from /proc/self/status.

@@ -304,6 +304,14 @@ impl StatusEntry {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock of
+/// [`WorkerRow::started_at_ns`] and of worker heartbeats, the one
+/// `Instant` uses, readable alike by every process on the machine.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
 /// Reads every entry of a table; entries being written are skipped.
 pub fn read_all(table: &[StatusEntry]) -> Vec<WorkerRow> {
     table

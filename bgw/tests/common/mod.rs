@@ -84,11 +84,6 @@ pub fn events_path() -> PathBuf {
     PathBuf::from(std::env::var("BGW_TEST_EVENTS").expect("set by the harness"))
 }
 
-pub fn mono_ns() -> u128 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u128 * 1_000_000_000 + t.tv_nsec as u128
-}
-
 /// Appends `<worker> <what> <pid> <generation> <monotonic ns> [extra]`.
 pub fn record(ctx: &WorkerContext<'_>, what: &str, extra: &str) {
     let line = format!(
@@ -96,7 +91,7 @@ pub fn record(ctx: &WorkerContext<'_>, what: &str, extra: &str) {
         ctx.name(),
         std::process::id(),
         ctx.generation().unwrap_or(0),
-        mono_ns()
+        bgw::status::monotonic_ns()
     );
     // One write(2) of a short line to an O_APPEND file: lines from
     // different workers never interleave.
