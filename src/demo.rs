@@ -293,8 +293,11 @@ pub fn run(name: &str, duration: Duration) -> Result<(), String> {
     let outcome = watch(name, &layout, pm, &sigfd, duration);
     // However the watch ended, the postmaster goes too.
     let _ = kill(pm, Signal::SIGINT);
-    let status = waitpid(pm, None).map_err(|e| format!("waitpid: {e}"))?;
+    let status = waitpid(pm, None);
+    // The watcher's error first: after an early exit it has already reaped
+    // the postmaster, and this waitpid only says ECHILD.
     let summary = outcome?;
+    let status = status.map_err(|e| format!("waitpid: {e}"))?;
     println!("{summary}");
     match status {
         WaitStatus::Exited(_, 0) => {}
@@ -355,7 +358,18 @@ fn watch(
         if now >= deadline {
             break;
         }
-        let wait = (deadline - now).min(Duration::from_millis(if terminal { 250 } else { 1000 }));
+        // Wake for the next redraw, and for the next staged kill, which
+        // must not wait for a redraw (a 2 s run would otherwise kill
+        // `ledger` only at its very end, and never show the reset).
+        let next_kill = staged
+            .iter()
+            .filter(|(_, _, done)| !done)
+            .map(|(at, _, _)| (start + *at).saturating_duration_since(now))
+            .min();
+        let redraw = Duration::from_millis(if terminal { 250 } else { 1000 });
+        let wait = (deadline - now)
+            .min(redraw)
+            .min(next_kill.unwrap_or(redraw));
         let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
@@ -366,9 +380,7 @@ fn watch(
             }
             Err(e) => return Err(format!("poll: {e}")),
         }
-        if let Ok(Some(_)) | Err(_) = waitpid(pm, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
-            .map(|s| (s != WaitStatus::StillAlive).then_some(()))
-        {
+        if waitpid(pm, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) != Ok(WaitStatus::StillAlive) {
             return Err("the postmaster exited early; see its log above".to_owned());
         }
     }
@@ -426,7 +438,7 @@ fn print_table(
 
 /// The status table, one line per worker.
 pub fn table(rows: &[WorkerRow]) -> String {
-    let now = monotonic_ns();
+    let now = bgw::status::monotonic_ns();
     let mut out = format!(
         "  {:<12} {:<8} {:>7} {:<9} {:>8} {:<14} {:>8}\n",
         "worker", "group", "pid", "state", "restarts", "last exit", "uptime"
@@ -453,10 +465,4 @@ pub fn table(rows: &[WorkerRow]) -> String {
         ));
     }
     out
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-pub fn monotonic_ns() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
