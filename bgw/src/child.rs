@@ -30,6 +30,7 @@ use proclist::SlotHandle;
 use shmem::Segment;
 use shmem::sync::{AtomicU32, AtomicUsize, Ordering};
 
+use crate::endpoint::{Endpoint, EndpointError};
 use crate::handle::{RegisterDynamicError, WorkerHandle};
 use crate::shared::{Shared, SharedConfig};
 use crate::spec::{Phase, WorkerSpec};
@@ -246,8 +247,7 @@ impl WorkerContext<'_> {
     /// Whether the postmaster asked this worker to stop (SIGTERM). Check it
     /// after each `latch().reset()` and before each wait.
     pub fn should_stop(&self) -> bool {
-        // SeqCst: pairs with the handler's store (see on_sigterm).
-        STOP_REQUESTED.load(Ordering::SeqCst) != 0
+        stop_requested()
     }
 
     /// Waits on the worker's latch until `deadline`, returning early when
@@ -295,6 +295,17 @@ impl WorkerContext<'_> {
         Some(CriticalGuard { slot })
     }
 
+    /// Opens this worker's [`Endpoint`]: its inbox, and the names it
+    /// registers. One at a time (a second is [`EndpointError::Inbox`]
+    /// until the first drops). Its [`recv`](Endpoint::recv) returns early
+    /// when the postmaster asks the worker to stop.
+    pub fn endpoint(&self) -> Result<Endpoint<'static>, EndpointError> {
+        let (Some(shared), Some(slot)) = (self.shared, self.slot) else {
+            return Err(EndpointError::NoSharedMemory);
+        };
+        Endpoint::open(shared, slot, self.latch, stop_requested)
+    }
+
     /// Registers a dynamic worker, signals the postmaster, and returns a
     /// handle to it. Needs shared-memory access.
     pub fn register_dynamic(
@@ -317,6 +328,12 @@ impl WorkerContext<'_> {
         signal_postmaster(self.postmaster_pid);
         true
     }
+}
+
+/// Whether SIGTERM arrived.
+fn stop_requested() -> bool {
+    // SeqCst: pairs with the handler's store (see on_sigterm).
+    STOP_REQUESTED.load(Ordering::SeqCst) != 0
 }
 
 /// Tells the postmaster to look at shared memory (SIGUSR1).

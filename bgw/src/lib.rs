@@ -12,6 +12,8 @@
 //! - [`handle`]: handles to dynamic workers ([`WorkerHandle`]).
 //! - [`names`]: the unique name table in shared memory.
 //! - [`mailbox`]: per-worker inboxes: cast, call and reply.
+//! - [`endpoint`]: a process's own names and inbox, wired up
+//!   ([`Endpoint`]).
 //! - [`shared`]: the postmaster's regions of the segment.
 //!
 //! Under `--cfg loom` only the shared-memory protocols (registry, status,
@@ -20,6 +22,8 @@
 #[cfg(not(loom))]
 pub mod child;
 pub mod core;
+#[cfg(not(loom))]
+pub mod endpoint;
 pub mod group;
 #[cfg(not(loom))]
 pub mod handle;
@@ -37,9 +41,11 @@ pub mod status;
 #[cfg(not(loom))]
 pub use child::{CriticalGuard, WorkerContext, WorkerExit, WorkerResult};
 #[cfg(not(loom))]
+pub use endpoint::{Endpoint, EndpointError};
+#[cfg(not(loom))]
 pub use handle::{RegisterDynamicError, WaitError, WorkerHandle};
 #[cfg(not(loom))]
-pub use postmaster::{Postmaster, PostmasterBuilder, PostmasterError};
+pub use postmaster::{Departed, Postmaster, PostmasterBuilder, PostmasterError};
 #[cfg(not(loom))]
 pub use shared::{Shared, SharedConfig};
 pub use spec::{Phase, Restart, SpecError, WorkerSpec};

@@ -551,6 +551,18 @@ pub enum RecvError {
     /// The postmaster died; clean up and exit.
     #[error("the postmaster died")]
     PostmasterDied,
+    /// The postmaster reset shared memory since the inbox was opened: the
+    /// inbox, its slot and every name are gone (reported by
+    /// [`Endpoint`](crate::endpoint::Endpoint), which knows the segment).
+    #[error(
+        "the postmaster reset shared memory (generation {was} is now {now}); open a new endpoint"
+    )]
+    Reset {
+        /// The segment generation when the inbox was opened.
+        was: u64,
+        /// The generation now.
+        now: u64,
+    },
     /// Waiting on the latch failed (it is not this process's).
     #[error(transparent)]
     Latch(#[from] LatchError),

@@ -678,6 +678,10 @@ pub enum NameError {
         /// The entry.
         entry: u32,
     },
+    /// The registering process's endpoint is from before a reset of
+    /// shared memory: its slot, and so its claim to a name, is gone.
+    #[error("shared memory was reset since this endpoint was opened; open a new endpoint")]
+    Reset,
     /// The handle's registration is over (or never was): nothing changed.
     #[error("{handle} is not registered any more; its name was released")]
     NotRegistered {

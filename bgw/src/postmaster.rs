@@ -123,7 +123,23 @@ pub struct PostmasterBuilder {
     shared: SharedConfig,
     core: CoreConfig,
     regions: Option<Box<dyn Fn(LayoutBuilder) -> LayoutBuilder>>,
+    cleanup: Option<Box<Cleanup>>,
     log: bool,
+}
+
+/// An application clean-up step: see [`PostmasterBuilder::cleanup`].
+type Cleanup = dyn Fn(&Segment, &Departed);
+
+/// A process that left its proc slot: what a [`PostmasterBuilder::cleanup`]
+/// step is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Departed {
+    /// Its pid (dead: reaped, or proven dead by pid and start time).
+    pub pid: u32,
+    /// The proc slot and the tenancy it held.
+    pub slot: SlotHandle,
+    /// The worker's name; `None` for a process that attached by itself.
+    pub worker: Option<String>,
 }
 
 impl PostmasterBuilder {
@@ -151,6 +167,34 @@ impl PostmasterBuilder {
     /// Dynamic registration slots.
     pub fn max_registrations(mut self, n: u32) -> Self {
         self.shared.max_registrations = n;
+        self
+    }
+
+    /// Entries in the name table (names registered at once).
+    pub fn max_names(mut self, n: u32) -> Self {
+        self.shared.max_names = n;
+        self
+    }
+
+    /// Messages each inbox holds; a power of two (`run` refuses others).
+    pub fn inbox_capacity(mut self, n: u32) -> Self {
+        self.shared.inbox_capacity = n;
+        self
+    }
+
+    /// Adds a clean-up step the postmaster runs for each process that
+    /// leaves a proc slot without a reset to follow (a worker it reaped,
+    /// or a self-attached process it found dead), after releasing the
+    /// process's names and inbox and before the slot is used again: the
+    /// place to free what the process held in the application's own
+    /// regions, e.g. `MpscRing::recover_owner(pid)` or
+    /// `ByteRing::mark_dead` for its ring ends.
+    ///
+    /// It runs in the postmaster, so it must be short, must not wait on
+    /// workers, and must read shared memory as untrusted. A panic in it
+    /// is caught and treated as corrupt shared state (a reset).
+    pub fn cleanup(mut self, step: impl Fn(&Segment, &Departed) + 'static) -> Self {
+        self.cleanup = Some(Box::new(step));
         self
     }
 
@@ -191,6 +235,7 @@ impl PostmasterBuilder {
             segment_name: self.segment_name,
             shared: self.shared,
             regions: self.regions,
+            cleanup: self.cleanup,
             log: self.log,
             core: Core::new(self.core),
             entries: BTreeMap::new(),
@@ -201,6 +246,7 @@ impl PostmasterBuilder {
             started: Instant::now(),
             started_mono_ns: 0,
             published: Vec::new(),
+            next_sweep: BACKEND_SWEEP,
         }
     }
 }
@@ -232,6 +278,7 @@ pub struct Postmaster {
     segment_name: Option<String>,
     shared: SharedConfig,
     regions: Option<Box<dyn Fn(LayoutBuilder) -> LayoutBuilder>>,
+    cleanup: Option<Box<Cleanup>>,
     log: bool,
     core: Core,
     entries: BTreeMap<String, Box<Entry>>,
@@ -248,7 +295,13 @@ pub struct Postmaster {
     started_mono_ns: u64,
     /// What the status table holds, so that only changes are written.
     published: Vec<Option<WorkerRow>>,
+    /// When self-attached processes are next checked for death.
+    next_sweep: Duration,
 }
+
+/// How often the postmaster looks for self-attached processes that died
+/// holding a proc slot (nobody reaps them, so nothing else would tell).
+pub const BACKEND_SWEEP: Duration = Duration::from_secs(1);
 
 /// How long a registration slot may stay half-filled before the postmaster
 /// takes it back (its registrant is presumed dead).
@@ -287,6 +340,7 @@ impl Postmaster {
             shared: SharedConfig::default(),
             core: CoreConfig::default(),
             regions: None,
+            cleanup: None,
             log: true,
         }
     }
@@ -384,6 +438,10 @@ impl Postmaster {
             self.reap(&segment, now);
             self.serve_shared_requests(&segment, now);
             self.watch_workers(&segment, now);
+            if now >= self.next_sweep {
+                self.sweep_backends(&segment, now);
+                self.next_sweep = now + BACKEND_SWEEP;
+            }
             self.core.tick(now);
             let exit = self.apply_actions(&mut segment, &signals, &handled, now)?;
             self.publish_worker_status(&segment, now);
@@ -403,15 +461,12 @@ impl Postmaster {
     }
 
     fn wait_for_signals(&self, signals: &SignalFd, now: Duration) -> Result<(), PostmasterError> {
-        let timeout = match self.core.timeout(now) {
-            None => PollTimeout::NONE,
-            Some(wait) => {
-                // Round up, so a timer is never polled for just before it
-                // is due.
-                let ms = wait.as_nanos().div_ceil(1_000_000);
-                PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX)
-            }
-        };
+        let sweep = self.next_sweep.saturating_sub(now);
+        let wait = self.core.timeout(now).map_or(sweep, |t| t.min(sweep));
+        // Round up, so a timer is never polled for just before it is due.
+        let ms = wait.as_nanos().div_ceil(1_000_000);
+        let timeout =
+            PollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
         let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => Ok(()),
@@ -479,6 +534,19 @@ impl Postmaster {
                 .spec(child.worker)
                 .map_or("?", |s| s.name())
                 .to_owned();
+            if let Some(handle) = child.slot
+                && report != SlotReport::Dirty
+            {
+                // A dirty death resets the segment, which frees all of it.
+                let departed = Departed {
+                    pid,
+                    slot: handle,
+                    worker: Some(name.clone()),
+                };
+                if !self.release_departed(segment, &departed, true) {
+                    self.core.handle(now, Event::SharedStateCorrupt);
+                }
+            }
             let dirty = match report {
                 SlotReport::Dirty => {
                     ", inside a critical section or with its proc slot overwritten"
@@ -497,6 +565,158 @@ impl Postmaster {
                     slot: report,
                 },
             );
+        }
+    }
+
+    /// Frees what a dead process held besides its proc slot: its names,
+    /// the producer claims it had in any inbox, its own inbox, and then
+    /// whatever the application's clean-up step frees. Runs before the
+    /// slot is used again. Returns false if shared state looks damaged
+    /// (the caller resets).
+    fn release_departed(&self, segment: &Segment, departed: &Departed, reset_inbox: bool) -> bool {
+        let Ok(shared) = Shared::attach(segment, &self.shared) else {
+            return false;
+        };
+        let who = departed.worker.as_deref().map_or_else(
+            || format!("process {}", departed.pid),
+            |name| format!("worker {name}"),
+        );
+        let names = shared
+            .names
+            .release_owned_by(departed.slot.index, departed.slot.generation);
+        for name in names.iter().filter_map(|n| n.name.as_deref()) {
+            self.log(format_args!("name {name:?} of {who} released"));
+        }
+        // SAFETY: `departed.pid` is dead: the caller reaped it with
+        // waitpid, or found it gone by pid and start time.
+        let recovered = unsafe { shared.mail.recover_sender(departed.pid, &shared.procs) };
+        if recovered.abandoned > 0 {
+            self.log(format_args!(
+                "{who} died writing {} message(s); their receivers were told",
+                recovered.abandoned
+            ));
+        }
+        if !reset_inbox {
+            return self.run_cleanup(segment, departed, &who);
+        }
+        // SAFETY: as above.
+        match unsafe { shared.mail.reset_inbox(departed.slot.index, departed.pid) } {
+            Ok(reset) if reset.drained > 0 => self.log(format_args!(
+                "{} unread message(s) for {who} dropped",
+                reset.drained
+            )),
+            Ok(_) => {}
+            // Another process holds the inbox already (a new tenant of a
+            // backend slot): what is left is for the dead generation,
+            // which the new owner drops.
+            Err(crate::mailbox::MailError::InboxTaken { .. }) => {}
+            Err(e) => {
+                self.log(format_args!("inbox of {who}: {e}"));
+                return false;
+            }
+        }
+        self.run_cleanup(segment, departed, &who)
+    }
+
+    /// Runs the application's clean-up step, if any; false if it panicked.
+    fn run_cleanup(&self, segment: &Segment, departed: &Departed, who: &str) -> bool {
+        match &self.cleanup {
+            None => true,
+            Some(step) => {
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    step(segment, departed)
+                }));
+                if ran.is_err() {
+                    self.log(format_args!(
+                        "the application's clean-up step panicked for {who}; resetting \
+                         shared memory"
+                    ));
+                }
+                ran.is_ok()
+            }
+        }
+    }
+
+    /// Frees the proc slots of self-attached processes that died without
+    /// giving them back, with everything [`release_departed`] frees.
+    ///
+    /// [`release_departed`]: Self::release_departed
+    fn sweep_backends(&mut self, segment: &Segment, now: Duration) {
+        let Ok(shared) = Shared::attach(segment, &self.shared) else {
+            self.core.handle(now, Event::SharedStateCorrupt);
+            return;
+        };
+        let config = shared.procs.config();
+        let start = config.start(Kind::Backend);
+        let mut damaged = false;
+        let mut cleaned = Vec::new();
+        // First free what each dead owner held, while its slot still says
+        // who it was; then let the proc array take the slots back.
+        for index in start..start + config.size(Kind::Backend) {
+            let Some(slot) = shared.procs.get(index) else {
+                continue;
+            };
+            let status = slot.status();
+            if !matches!(
+                status.state,
+                proclist::slot::ACTIVE | proclist::slot::EXITING
+            ) {
+                continue;
+            }
+            let (pid, started) = (slot.pid(), slot.start_time());
+            if shmem::liveness::is_alive(pid, started) {
+                continue;
+            }
+            let departed = Departed {
+                pid,
+                slot: SlotHandle {
+                    index,
+                    generation: status.generation,
+                },
+                worker: None,
+            };
+            damaged |= !self.release_departed(segment, &departed, true);
+            cleaned.push(index);
+        }
+        for released in shared.procs.reclaim_dead() {
+            if released.crit_depth > 0 {
+                self.log(format_args!(
+                    "process {} died holding proc slot {} inside a critical section",
+                    released.pid, released.index
+                ));
+                damaged = true;
+            } else if !cleaned.contains(&released.index) {
+                // It died after the scan above; its slot may have a new
+                // tenant already, so leave the inbox (what is in it is for
+                // the dead generation, which the new owner drops).
+                let departed = Departed {
+                    pid: released.pid,
+                    slot: SlotHandle {
+                        index: released.index,
+                        generation: released.was.generation,
+                    },
+                    worker: None,
+                };
+                damaged |= !self.release_departed(segment, &departed, false);
+            }
+        }
+        // Names whose owner's tenancy is over without anyone having said so
+        // (e.g. registered through an endpoint that outlived a reset).
+        let orphans = shared.names.release_if(|owner| {
+            shared.procs.get(owner.proc_index).is_none_or(|slot| {
+                let status = slot.status();
+                status.generation != owner.proc_generation
+                    || !matches!(
+                        status.state,
+                        proclist::slot::ACTIVE | proclist::slot::EXITING
+                    )
+            })
+        });
+        for name in orphans.iter().filter_map(|n| n.name.as_deref()) {
+            self.log(format_args!("name {name:?} had no live owner; released"));
+        }
+        if damaged {
+            self.core.handle(now, Event::SharedStateCorrupt);
         }
     }
 

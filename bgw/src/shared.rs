@@ -7,6 +7,8 @@
 //! |                       | anyone (`phase_request`)         | postmaster                  |
 //! | proc array            | see `proclist`                   |                             |
 //! | registration slots    | see [`crate::registry`]          |                             |
+//! | name table            | see [`crate::names`]             |                             |
+//! | inboxes               | see [`crate::mailbox`]           |                             |
 //! | the application's own | the application                  | the application             |
 //!
 //! Every region is all-zero valid, so a reset is "zero the segment and
@@ -17,6 +19,8 @@ use shmem::sync::{AtomicU32, AtomicU64, Ordering};
 use shmem::{LayoutBuilder, RegionError, Segment};
 use thiserror::Error;
 
+use crate::mailbox::{MailError, Mailboxes};
+use crate::names::{NameError, Names};
 use crate::registry::Registry;
 use crate::spec::Phase;
 use crate::status::{STATUS_REGION, StatusEntry};
@@ -178,6 +182,11 @@ pub struct SharedConfig {
     pub max_backends: u32,
     /// Dynamic registration slots.
     pub max_registrations: u32,
+    /// Entries in the name table: names registered at once.
+    pub max_names: u32,
+    /// Messages each process slot's inbox holds (a power of two); every
+    /// slot, worker or backend, has one of `256 * inbox_capacity` bytes.
+    pub inbox_capacity: u32,
 }
 
 impl Default for SharedConfig {
@@ -186,6 +195,8 @@ impl Default for SharedConfig {
             max_workers: 64,
             max_backends: 16,
             max_registrations: 32,
+            max_names: 64,
+            inbox_capacity: 32,
         }
     }
 }
@@ -206,7 +217,13 @@ impl SharedConfig {
             .array::<WorkerBoard>(BOARD_REGION, self.procs().total() as usize)
             .array::<StatusEntry>(STATUS_REGION, self.max_workers as usize);
         let builder = ProcArray::declare(builder, self.procs());
-        Registry::declare(builder, self.max_registrations as usize)
+        let builder = Registry::declare(builder, self.max_registrations as usize);
+        let builder = Names::declare(builder, self.max_names as usize);
+        Mailboxes::declare(
+            builder,
+            self.procs().total() as usize,
+            self.inbox_capacity as usize,
+        )
     }
 }
 
@@ -225,6 +242,10 @@ pub struct Shared<'a> {
     pub procs: ProcArray<'a>,
     /// The registration slots.
     pub registry: Registry<'a>,
+    /// The name table.
+    pub names: Names<'a>,
+    /// One inbox per proc slot.
+    pub mail: Mailboxes<'a>,
 }
 
 /// Why the postmaster's regions could not be reached.
@@ -240,6 +261,12 @@ pub enum SharedError {
     /// The registration slots do not match.
     #[error("registration slots: {0}")]
     Registry(#[from] crate::registry::RegistryError),
+    /// The name table does not match.
+    #[error("name table: {0}")]
+    Names(#[from] NameError),
+    /// The inboxes do not match.
+    #[error("inboxes: {0}")]
+    Mail(#[from] MailError),
 }
 
 impl<'a> Shared<'a> {
@@ -263,6 +290,8 @@ impl<'a> Shared<'a> {
             status: segment.array::<StatusEntry>(STATUS_REGION)?,
             procs,
             registry: Registry::from_segment(segment)?,
+            names: Names::from_segment(segment)?,
+            mail: Mailboxes::from_segment(segment)?,
         })
     }
 
