@@ -184,6 +184,14 @@ pub enum Event {
     PhaseReached(Phase),
     /// Someone asked for a worker to stop for good.
     Terminate(WorkerId),
+    /// An operator stops, starts or restarts a worker (`postmaster
+    /// stop|start|restart`).
+    Control {
+        /// The worker.
+        worker: WorkerId,
+        /// What to do.
+        op: Control,
+    },
     /// The driver found shared state inconsistent (a corrupt free list, a
     /// garbage registration slot): handled like a crash.
     SharedStateCorrupt,
@@ -345,6 +353,22 @@ pub enum RegisterError {
     DuplicateGroup(String),
 }
 
+/// An operator's request about one worker. Unlike a failure, none of them
+/// counts towards restart intensity or backoff, and none restarts the
+/// worker's siblings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Control {
+    /// Stop it (SIGTERM, then its shutdown policy) and keep it stopped,
+    /// whatever its restart type says, until [`Control::Start`].
+    Stop,
+    /// Start it now: lifts a [`Control::Stop`] and skips a pending
+    /// restart delay.
+    Start,
+    /// Stop it and start it again at once (or start it now if it is not
+    /// running).
+    Restart,
+}
+
 /// Where a worker is in its life cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -401,6 +425,9 @@ pub struct WorkerInfo {
     pub last_exit: Option<ExitStatus>,
     /// A terminate request was seen: it will not start again.
     pub terminating: bool,
+    /// Stopped by an operator ([`Control::Stop`]): not started until
+    /// [`Control::Start`].
+    pub suspended: bool,
     /// The supervision group (index; 0 is the root).
     pub group: u32,
     /// Reported ready since its last start.
@@ -424,6 +451,9 @@ pub struct WorkerInfo {
     stopping_for_group: bool,
     /// SIGKILL was sent.
     killed: bool,
+    /// An operator asked for a restart: its coming exit starts it again
+    /// at once, outside its restart policy.
+    restart_asked: bool,
 }
 
 /// The postmaster's own state.
@@ -651,6 +681,8 @@ impl Core {
             starts: 0,
             last_exit: None,
             terminating: false,
+            suspended: false,
+            restart_asked: false,
             group,
             ready: false,
             restarts: 0,
@@ -741,6 +773,7 @@ impl Core {
             Event::Shutdown(mode) => self.shutdown(now, mode),
             Event::PhaseReached(phase) => self.phase = self.phase.max(phase),
             Event::Terminate(id) => self.terminate(now, id),
+            Event::Control { worker, op } => self.control(now, worker, op),
             Event::SharedStateCorrupt => self.crash(now, None, 0, None),
             Event::ResetDone => self.reset_done(),
             Event::Ready(id) => {
@@ -830,7 +863,7 @@ impl Core {
         w.ready = false;
         w.killed = false;
         w.watchdog_due = w.spec.watchdog_interval().and_then(|i| now.checked_add(i));
-        let terminating = w.terminating || w.stopping_for_group;
+        let terminating = w.terminating || w.stopping_for_group || w.suspended;
         self.actions.push_back(Action::Status {
             worker: id,
             status: WorkerStatus::Started { pid },
@@ -858,7 +891,7 @@ impl Core {
             // Not ours (or reaped twice): nothing to do.
             return;
         };
-        let (shmem, policy, terminating, for_group, ran_for) = {
+        let (shmem, policy, terminating, for_group, ran_for, operator) = {
             let w = self.worker_mut(id).expect("found by pid");
             w.last_exit = Some(status);
             if w.recent_exits.len() == RECENT_EXITS {
@@ -877,6 +910,7 @@ impl Core {
                 w.terminating,
                 std::mem::take(&mut w.stopping_for_group),
                 ran_for,
+                w.suspended || std::mem::take(&mut w.restart_asked),
             )
         };
         self.actions.push_back(Action::Status {
@@ -903,6 +937,15 @@ impl Core {
                         pid,
                         status,
                     });
+                }
+                if operator && !terminating {
+                    // Stopped or restarted by an operator: it waits (or
+                    // starts again at once), whatever its policy says.
+                    if for_group {
+                        let g = self.worker(id).map_or(0, |w| w.group as usize);
+                        self.release_held(g, now);
+                    }
+                    return;
                 }
                 self.after_exit(now, id, status, for_group, ran_for);
             }
@@ -1152,6 +1195,40 @@ impl Core {
             // Forking: signalled once the fork is reported (see forked());
             // Stopping: already on its way.
             RunState::Forking | RunState::Stopping { .. } => {}
+        }
+    }
+
+    fn control(&mut self, now: Duration, id: WorkerId, op: Control) {
+        let running = self.state == PmState::Running;
+        let Some(w) = self.worker_mut(id) else {
+            return; // stale: acts on nothing
+        };
+        if w.terminating {
+            return;
+        }
+        let live = matches!(w.state, RunState::Running { .. });
+        match op {
+            Control::Stop => {
+                w.suspended = true;
+                w.restart_asked = false;
+                if live && running {
+                    self.signal_stop(now, id, Sig::Term);
+                }
+            }
+            Control::Start | Control::Restart => {
+                w.suspended = false;
+                w.failures = 0;
+                match w.state {
+                    RunState::Waiting { .. } => w.state = RunState::Waiting { not_before: None },
+                    RunState::Running { .. } if op == Control::Restart => {
+                        w.restart_asked = true;
+                        if running {
+                            self.signal_stop(now, id, Sig::Term);
+                        }
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 
@@ -1406,6 +1483,7 @@ impl Core {
     fn may_start(&self, w: &WorkerInfo) -> bool {
         if !matches!(w.state, RunState::Waiting { .. })
             || w.terminating
+            || w.suspended
             || w.spec.start_phase() > self.phase
         {
             return false;

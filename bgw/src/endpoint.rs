@@ -235,6 +235,37 @@ impl<'a> Endpoint<'a> {
         self.call_result(reply)
     }
 
+    /// Sends a control command to the postmaster (see
+    /// [`crate::postmaster`]'s "Control" docs: `stop NAME`, `start NAME`,
+    /// `restart NAME`, `workers`) and returns its answer.
+    pub fn call_postmaster(
+        &mut self,
+        command: &str,
+        timeout: Duration,
+    ) -> Result<String, CallError> {
+        if self.is_stale() {
+            return Err(CallError::Recv(self.reset_error()));
+        }
+        let owner = self
+            .shared
+            .names
+            .whereis(crate::postmaster::CONTROL_NAME)
+            .ok_or_else(|| CallError::NotRegistered {
+                name: crate::postmaster::CONTROL_NAME.to_owned(),
+            })?;
+        let postmaster = self.shared.control.postmaster_pid();
+        let deadline = Instant::now() + timeout;
+        let reply = self.inbox.call_then(
+            &self.shared.procs,
+            owner.into(),
+            command.as_bytes(),
+            deadline,
+            || crate::child::signal_postmaster(postmaster),
+        );
+        self.call_result(reply)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// Answers a call (see [`Message::reply_to`]), waiting up to
     /// [`SEND_WAIT`] for room in the caller's inbox. A caller that has gone
     /// (exited, or its slot was taken again) is no error: the reply is

@@ -1141,6 +1141,21 @@ impl<'a> Inbox<'a> {
         request: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, CallError> {
+        self.call_then(peers, to, request, deadline, || {})
+    }
+
+    /// As [`call`](Self::call), running `sent` once the request is in the
+    /// callee's inbox and before waiting: for a callee that learns of work
+    /// by other means than its latch (the postmaster reads its inbox when
+    /// signalled).
+    pub fn call_then<P: Peers + ?Sized>(
+        &mut self,
+        peers: &P,
+        to: Address,
+        request: &[u8],
+        deadline: Instant,
+        sent: impl FnOnce(),
+    ) -> Result<Vec<u8>, CallError> {
         if to == self.me {
             return Err(CallError::CallToSelf { to });
         }
@@ -1161,6 +1176,7 @@ impl<'a> Inbox<'a> {
         };
         self.mailboxes
             .send(peers, to, envelope, request, Wait::Until(deadline))?;
+        sent();
         let result = loop {
             self.latch.reset();
             match self.take_reply(to, correlation) {

@@ -11,7 +11,29 @@
 //!
 //! Signals: SIGTERM is a smart shutdown, SIGINT fast, SIGQUIT immediate;
 //! SIGUSR1 means "look at shared memory" (a registration, a terminate
-//! request, a phase announcement); SIGCHLD means a child exited.
+//! request, a phase announcement, a control command); SIGCHLD means a child
+//! exited.
+//!
+//! # Control
+//!
+//! The postmaster holds a backend proc slot of its own and registers its
+//! inbox as [`CONTROL_NAME`]. Any process of the same user that attached
+//! the segment can call it ([`Endpoint::call_postmaster`], which also
+//! sends the SIGUSR1) with one text command, and gets one text answer:
+//!
+//! | command         | effect                                                         |
+//! |-----------------|----------------------------------------------------------------|
+//! | `stop NAME`     | SIGTERM the worker and keep it stopped, whatever its policy     |
+//! | `start NAME`    | lift a stop, or skip a pending restart delay                    |
+//! | `restart NAME`  | stop it and start it again at once, outside its restart policy  |
+//! | `workers`       | the registered workers' names, space-separated                 |
+//!
+//! The answer is `ok`, a list, or `error: ...` naming what is wrong (an
+//! unknown worker lists the known ones). The postmaster reads its inbox
+//! without ever waiting, and answers without waiting for room in the
+//! caller's inbox.
+//!
+//! [`Endpoint::call_postmaster`]: crate::endpoint::Endpoint::call_postmaster
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -50,10 +72,12 @@ use thiserror::Error;
 
 use crate::child::{ChildStart, Entry, WorkerContext, WorkerResult, run_child};
 use crate::core::{
-    Action, Core, CoreConfig, Event, ExitStatus, RegisterError, RunState, ShutdownMode, Sig,
-    SlotReport, WorkerId, WorkerStatus,
+    Action, Control, Core, CoreConfig, Event, ExitStatus, RegisterError, RunState, ShutdownMode,
+    Sig, SlotReport, WorkerId, WorkerStatus,
 };
 use crate::group::{Escalation, GroupSpec};
+use crate::mailbox::Wait;
+use crate::names::NameOwner;
 use crate::registry::{self, RegHandle, RegistryOwner, RejectReason};
 use crate::shared::{Counters, Shared, SharedConfig, SharedError};
 use crate::spec::{Phase, SpecError, WorkerSpec};
@@ -247,6 +271,7 @@ impl PostmasterBuilder {
             started_mono_ns: 0,
             published: Vec::new(),
             next_sweep: BACKEND_SWEEP,
+            control_port: None,
         }
     }
 }
@@ -297,7 +322,12 @@ pub struct Postmaster {
     published: Vec<Option<WorkerRow>>,
     /// When self-attached processes are next checked for death.
     next_sweep: Duration,
+    /// The proc slot whose inbox is the control inbox, if one was free.
+    control_port: Option<SlotHandle>,
 }
+
+/// The name under which the postmaster's control inbox is registered.
+pub const CONTROL_NAME: &str = "postmaster";
 
 /// How often the postmaster looks for self-attached processes that died
 /// holding a proc slot (nobody reaps them, so nothing else would tell).
@@ -422,6 +452,7 @@ impl Postmaster {
             let shared = Shared::init(&segment, &self.shared)?;
             shared.control.publish(pid, self.core.phase(), 0);
             self.owner = Some(RegistryOwner::init(&shared.registry));
+            self.open_control_port(&shared);
         }
         self.started = Instant::now();
         self.started_mono_ns = monotonic_ns();
@@ -820,11 +851,110 @@ impl Postmaster {
                 self.core.stats().resets,
             );
         }
+        self.serve_control(&shared, now);
         let Some(mut owner) = self.owner.take() else {
             return;
         };
         self.serve_registry(&shared, &mut owner, now);
         self.owner = Some(owner);
+    }
+
+    /// Takes a backend proc slot for the control inbox and registers it
+    /// as [`CONTROL_NAME`] (at start and after each reset).
+    fn open_control_port(&mut self, shared: &Shared<'_>) {
+        self.control_port = None;
+        let guard = match shared.procs.acquire(Kind::Backend) {
+            Ok(guard) => guard,
+            Err(e) => {
+                self.log(format_args!(
+                    "no control inbox ({e}); control commands are off"
+                ));
+                return;
+            }
+        };
+        let slot = guard.handle();
+        // Held for the postmaster's life (or until a reset zeroes it).
+        guard.forget();
+        let owner = NameOwner {
+            proc_index: slot.index,
+            proc_generation: slot.generation,
+            pid: getpid().as_raw() as u32,
+        };
+        if let Err(e) = shared.names.register(CONTROL_NAME, owner) {
+            self.log(format_args!("cannot register {CONTROL_NAME:?}: {e}"));
+            return;
+        }
+        self.control_port = Some(slot);
+    }
+
+    /// Answers what arrived in the control inbox; never waits.
+    fn serve_control(&mut self, shared: &Shared<'_>, now: Duration) {
+        let Some(slot) = self.control_port else {
+            return;
+        };
+        let Some(proc) = shared.procs.get(slot.index) else {
+            return;
+        };
+        let Ok(mut inbox) = shared.mail.inbox(slot.into(), proc.latch()) else {
+            return;
+        };
+        // Bounded: at most an inbox's worth per loop iteration (the rest
+        // waits for the next, which the inbox's own latch set brings on).
+        for _ in 0..shared.mail.capacity() {
+            let message = match inbox.try_recv() {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(e) => {
+                    self.log(format_args!("control inbox: {e}"));
+                    self.core.handle(now, Event::SharedStateCorrupt);
+                    return;
+                }
+            };
+            let answer = self.control_command(message.payload(), now);
+            if let Some(reply_to) = message.reply_to() {
+                let mut answer = answer.into_bytes();
+                answer.truncate(crate::mailbox::MAX_MESSAGE);
+                // A caller whose inbox is full, or who has gone, misses
+                // its answer; the postmaster never waits for room.
+                let _ = inbox.reply(&shared.procs, reply_to, &answer, Wait::NoWait);
+            }
+        }
+    }
+
+    /// Carries out one control command; returns the answer.
+    fn control_command(&mut self, payload: &[u8], now: Duration) -> String {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return "error: a command is text".to_owned();
+        };
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let known = || {
+            let names: Vec<&str> = self.core.workers().map(|w| w.spec.name()).collect();
+            names.join(" ")
+        };
+        let op = match words.as_slice() {
+            ["workers"] => return known(),
+            ["stop", _] => Control::Stop,
+            ["start", _] => Control::Start,
+            ["restart", _] => Control::Restart,
+            _ => {
+                return format!(
+                    "error: unknown command {text:?}; commands are stop NAME, start NAME, \
+                     restart NAME, workers"
+                );
+            }
+        };
+        let name = words[1];
+        let Some(worker) = self
+            .core
+            .workers()
+            .find(|w| w.spec.name() == name)
+            .map(|w| w.id)
+        else {
+            return format!("error: no worker named {name:?}; known: {}", known());
+        };
+        self.log(format_args!("control: {} {name}", words[0]));
+        self.core.handle(now, Event::Control { worker, op });
+        "ok".to_owned()
     }
 
     fn serve_registry(&mut self, shared: &Shared<'_>, owner: &mut RegistryOwner, now: Duration) {
@@ -1166,6 +1296,7 @@ impl Postmaster {
                 }
             }
         }
+        self.open_control_port(&shared);
         self.log(format_args!(
             "shared memory reset (generation {}, reset #{resets})",
             segment.generation()

@@ -136,16 +136,20 @@ pub enum ShownState {
     Ready,
     /// Asked to stop.
     Stopping,
+    /// Stopped by an operator (`postmaster stop`); starts again only when
+    /// asked (`postmaster start`).
+    Stopped,
 }
 
 impl ShownState {
-    const ALL: [ShownState; 6] = [
+    const ALL: [ShownState; 7] = [
         ShownState::Waiting,
         ShownState::Backoff,
         ShownState::Starting,
         ShownState::Running,
         ShownState::Ready,
         ShownState::Stopping,
+        ShownState::Stopped,
     ];
 
     /// The lowercase name used in tables and JSON.
@@ -157,6 +161,7 @@ impl ShownState {
             ShownState::Running => "running",
             ShownState::Ready => "ready",
             ShownState::Stopping => "stopping",
+            ShownState::Stopped => "stopped",
         }
     }
 }
@@ -195,6 +200,7 @@ impl WorkerRow {
         now_in_core: std::time::Duration,
     ) -> Self {
         let state = match w.state {
+            RunState::Waiting { .. } | RunState::Held if w.suspended => ShownState::Stopped,
             RunState::Waiting {
                 not_before: Some(at),
             } if at > now_in_core => ShownState::Backoff,

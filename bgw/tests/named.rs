@@ -32,6 +32,11 @@ fn main() {
                 "calls",
                 calls,
             ),
+            (
+                "stop_start_and_restart_through_the_control_inbox",
+                "control",
+                control,
+            ),
             ("an_endpoint_that_outlives_a_reset_says_so", "reset", reset),
             (
                 "a_self_attached_process_that_dies_loses_its_names_and_slot",
@@ -105,7 +110,7 @@ fn configure(scenario: &str, pm: &mut Postmaster) -> Vec<WorkerSpec> {
                 .entry("rival")
                 .restart(Restart::Never),
         ],
-        "calls" | "backend" => vec![echo],
+        "calls" | "backend" | "control" => vec![echo],
         // The default policy: a crash of a shared-memory worker resets.
         "reset" => vec![
             WorkerSpec::new("echo")
@@ -168,9 +173,14 @@ fn names(h: &Harness) {
     assert_ne!(successor, echo_pid);
     let owner = shared.names.whereis("echo").expect("registered again");
     assert_eq!(owner.pid, successor);
+    let echoes = shared
+        .names
+        .list()
+        .into_iter()
+        .filter(|r| r.name == "echo")
+        .count();
     assert_eq!(
-        shared.names.list().len(),
-        1,
+        echoes, 1,
         "the dead holder's entry was released, not left beside the new one"
     );
     assert_eq!(segment.generation(), generation, "contained: no reset");
@@ -234,6 +244,79 @@ fn calls(h: &Harness) {
     assert_eq!(pm.wait_exit(), 0);
 }
 
+fn control(h: &Harness) {
+    let mut pm = h.start();
+    h.wait_events("echo to register", |e| count(e, "echo", "registered") == 1);
+    let segment = h.attach();
+    let shared = Shared::attach(&segment, &test_shared_config()).expect("regions");
+    let mut me = Endpoint::attach(shared).expect("a backend endpoint");
+    let state_of = |name: &str| {
+        bgw::status::read_all(shared.status)
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|r| r.state)
+    };
+    let timeout = Duration::from_secs(10);
+
+    let answer = me.call_postmaster("stop nobody", timeout).expect("answer");
+    assert!(
+        answer.starts_with("error: no worker named \"nobody\"") && answer.contains("echo"),
+        "an unknown worker is an error listing the known ones: {answer}"
+    );
+    assert!(
+        me.call_postmaster("frobnicate", timeout)
+            .expect("answer")
+            .starts_with("error:")
+    );
+    assert_eq!(
+        me.call_postmaster("workers", timeout).expect("answer"),
+        "echo"
+    );
+
+    // Stop: it exits (0, which would normally unregister it) and stays
+    // down, registered, shown as stopped.
+    assert_eq!(
+        me.call_postmaster("stop echo", timeout).expect("answer"),
+        "ok"
+    );
+    h.wait_events("echo to stop", |e| count(e, "echo", "stop") == 1);
+    wait_until("echo to show as stopped", || {
+        state_of("echo") == Some(bgw::status::ShownState::Stopped)
+    });
+    wait_until("its name to go", || shared.names.whereis("echo").is_none());
+    assert_eq!(count(&h.events(), "echo", "registered"), 1, "not restarted");
+
+    assert_eq!(
+        me.call_postmaster("start echo", timeout).expect("answer"),
+        "ok"
+    );
+    h.wait_events("echo to start again", |e| {
+        count(e, "echo", "registered") == 2
+    });
+
+    // Restart: stopped and started again at once, outside its policy, and
+    // not counted as a failure.
+    assert_eq!(
+        me.call_postmaster("restart echo", timeout).expect("answer"),
+        "ok"
+    );
+    h.wait_events("echo to restart", |e| {
+        count(e, "echo", "stop") == 2 && count(e, "echo", "registered") == 3
+    });
+    let row = bgw::status::read_all(shared.status)
+        .into_iter()
+        .find(|r| r.name == "echo")
+        .expect("echo's row");
+    assert_eq!(row.restarts, 0, "operator restarts are not failures");
+    assert_eq!(
+        me.call("echo", b"back", timeout).expect("call"),
+        b"echo:back"
+    );
+    drop(me);
+    pm.signal(Signal::SIGTERM);
+    assert_eq!(pm.wait_exit(), 0);
+}
+
 fn reset(h: &Harness) {
     let mut pm = h.start();
     h.wait_events("echo to register", |e| count(e, "echo", "registered") == 1);
@@ -278,7 +361,8 @@ fn backend_death(h: &Harness) {
             .filter(|&i| shared.procs.get(i).expect("slot").status().state != proclist::slot::FREE)
             .count()
     };
-    assert_eq!(backends_in_use(), 0);
+    // The postmaster holds one for its control inbox.
+    let baseline = backends_in_use();
     let generation = segment.generation();
 
     // SAFETY: this process is single-threaded (the harness spawns no
@@ -308,7 +392,7 @@ fn backend_death(h: &Harness) {
     // Exit status 0 says it registered; now it is dead, nobody reaps it,
     // and only the postmaster's sweep can free what it held.
     wait_until("the postmaster to sweep the dead process", || {
-        shared.names.whereis("squatter").is_none() && backends_in_use() == 0
+        shared.names.whereis("squatter").is_none() && backends_in_use() == baseline
     });
     assert_eq!(segment.generation(), generation, "no reset");
     pm.wait_log("name \"squatter\" of process");

@@ -180,7 +180,10 @@ fn smart_shutdown(h: &Harness) {
     let mut pm = h.start();
     three_started(h);
     // Start order is fork order, which the postmaster logs; the workers'
-    // own lines may land in any order.
+    // own lines may land in any order, and before the postmaster's.
+    for w in ["w1", "w2", "w3"] {
+        pm.wait_log(&format!("worker {w} started"));
+    }
     let log = pm.log();
     let mut start_order: Vec<String> = ["w1", "w2", "w3"].map(String::from).to_vec();
     start_order.sort_by_key(|w| log.find(&format!("worker {w} started")));
