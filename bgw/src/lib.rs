@@ -24,6 +24,8 @@ pub mod child;
 pub mod core;
 #[cfg(not(loom))]
 pub mod endpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod group;
 #[cfg(not(loom))]
 pub mod handle;

@@ -8,7 +8,7 @@
 //! shared state corrupt; a reset reported, when owed and when not; a new
 //! dynamic registration; time advances and the loop ticks), drains the
 //! actions after each, and checks after every step (see
-//! `core_explore/world.rs`):
+//! `bgw::fuzzing::world`, which the `core_events` fuzz target shares):
 //!
 //! 1. no fork while resetting, shutting down or exited;
 //! 2. the segment reset is asked for only when every child is reaped, once
@@ -45,8 +45,6 @@
 
 mod core_explore {
     pub mod explore;
-    pub mod small_map;
-    pub mod world;
 }
 
 use std::time::{Duration, Instant};
@@ -54,8 +52,8 @@ use std::time::{Duration, Instant};
 use bgw::core::{Action, Core, Event, ExitStatus, ShutdownMode, Sig, SlotReport};
 use bgw::spec::{Phase, Restart, WorkerSpec};
 
+use bgw::fuzzing::world::{Step, Tally, World, core_config};
 use core_explore::explore::{Coverage, SplitMix64, explore, random_run, replay};
-use core_explore::world::{Step, Tally, World, core_config};
 
 /// The world with every static worker running (alpha as pid 1000, beta
 /// 1001, gamma 1002).

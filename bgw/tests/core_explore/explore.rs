@@ -9,7 +9,7 @@ use std::time::Duration;
 use bgw::core::{ExitStatus, ShutdownMode, SlotReport};
 use bgw::spec::Phase;
 
-use super::world::{Step, Tally, World};
+use bgw::fuzzing::world::{Step, Tally, World};
 
 /// A failed check, with the steps that led to it.
 #[derive(Debug)]

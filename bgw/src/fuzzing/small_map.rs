@@ -9,6 +9,12 @@ pub struct SmallMap<K, V> {
     entries: Vec<(K, V)>,
 }
 
+impl<K: Ord + Copy, V> Default for SmallMap<K, V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl<K: Ord + Copy, V> SmallMap<K, V> {
     /// An empty map.
     pub fn new() -> Self {

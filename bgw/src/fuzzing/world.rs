@@ -1,4 +1,5 @@
-//! The outside world the core believes in, played by the test: a fake
+//! The outside world the core believes in, played by the tests
+//! (`bgw/tests/core_explore.rs`) and the `core_events` fuzz target: a fake
 //! clock, the children the harness believes alive and what each was sent,
 //! the registrations it made, and whether a segment reset is owed.
 //!
@@ -25,11 +26,11 @@ use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use bgw::core::{
+use crate::core::{
     Action, Core, CoreConfig, CoreStats, Event, ExitStatus, PmState, RegisterError, RunState,
     ShutdownMode, Sig, SlotReport, WorkerId, WorkerStatus,
 };
-use bgw::spec::{OnCrash, Phase, Restart, WorkerSpec};
+use crate::spec::{OnCrash, Phase, Restart, WorkerSpec};
 
 use super::small_map::SmallMap;
 
