@@ -2,6 +2,14 @@
 //! against a `Mutex<Vec<u32>>` free list in the same groups. The
 //! two-process figures (and a shared-memory spinlock list, PostgreSQL's
 //! approach) are in `postmaster bench slots`, which can fork freely.
+//!
+//! Not like for like: the mutex baseline here moves an index and nothing
+//! else, while `acquire` also writes the slot's identity, latch owner and
+//! status (and the release clears them). `postmaster bench slots` has the
+//! fair comparison (`mutex_freelist_*` there do the same slot writes) and
+//! the bare-list one (`freelist_pop_push_ns` vs `mutex_bare_pop_push_ns`).
+//! Two threads of one process get separate home free lists, as two
+//! processes do (see `proclist::array::FREE_LIST_SHARDS`).
 
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};

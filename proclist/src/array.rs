@@ -18,6 +18,17 @@
 //!   slot it names must be free, or the array is reported corrupt (and the
 //!   postmaster resets the segment).
 //!
+//! # Free lists
+//!
+//! Each kind has [`FREE_LIST_SHARDS`] free lists: every thread takes from
+//! and gives back to a home list of its own and takes from the others only
+//! when its own is empty, so processes taking slots at once do not fight
+//! over one head. `NoFreeSlot` still means every slot of the kind was taken
+//! at one moment: an empty scan is confirmed by a second one that finds
+//! every head word unchanged (see `take`). A fresh array keeps all slots on
+//! the first list, lowest index on top. Each slot's link sits on a cache
+//! line of its own ([`LINK_STRIDE`]).
+//!
 //! Every state change is a CAS on the slot's `(generation, state)` word
 //! (see [`crate::slot`]), so a handle or a reclaimer that is one tenancy
 //! late changes nothing.
@@ -42,10 +53,10 @@
 
 use std::fmt;
 
-use shmem::sync::{AtomicU32, AtomicU64};
+use shmem::sync::{AtomicU32, AtomicU64, Ordering};
 use thiserror::Error;
 
-use crate::freelist::{FreeList, FreeListError};
+use crate::freelist::{FreeList, FreeListError, Popped};
 use crate::slot::{ACTIVE, ASSIGNED, EXITING, FREE, ProcSlot, SlotStatus};
 
 /// The kinds of process that hold slots, each with its own range.
@@ -117,20 +128,45 @@ impl ProcArrayConfig {
     }
 }
 
+/// How many free lists (shards) [`ProcArray::declare`] gives each kind.
+///
+/// Each process (each thread, in fact) takes from and gives back to its
+/// *home* shard, so a few processes taking and releasing slots at once each
+/// work on a head, slots and links of their own and never share a cache
+/// line; one whose home shard is empty takes from the others. Homes are
+/// dealt round-robin in the order threads first take a slot, so up to this
+/// many never share one; past that, sharers of a shard are just as correct
+/// and contend as they would on a single list.
+pub const FREE_LIST_SHARDS: usize = 8;
+
+/// The most shards [`ProcArray::from_parts`] accepts per kind.
+pub const MAX_FREE_LIST_SHARDS: usize = 16;
+
+/// The link stride [`ProcArray::declare`] lays out: one link per cache
+/// line (see [`FreeList::strided`]).
+pub const LINK_STRIDE: u32 = (shmem::CACHE_LINE / std::mem::size_of::<u32>()) as u32;
+
 /// A free-list head alone on its cache line.
+///
+/// The first head of the array also hands out home-shard tickets (see
+/// [`FREE_LIST_SHARDS`]); that counter is touched once per process, so it
+/// may share the head's line.
 #[repr(C, align(128))]
 #[derive(Debug, Default)]
-pub struct FreeListHead(AtomicU64);
+pub struct FreeListHead {
+    word: AtomicU64,
+    tickets: AtomicU32,
+}
 
-// SAFETY: one atomic integer padded to a cache line: any bytes are valid,
-// no pointers, atomic mutation only.
+// SAFETY: atomic integers padded to a cache line: any bytes are valid, no
+// pointers, atomic mutation only.
 #[cfg(not(loom))]
 unsafe impl shmem::ShmSafe for FreeListHead {}
 
 impl FreeListHead {
     /// The packed head word (see [`crate::freelist::Head`]).
     pub fn word(&self) -> &AtomicU64 {
-        &self.0
+        &self.word
     }
 }
 
@@ -231,9 +267,16 @@ pub mod regions {
 #[derive(Clone, Copy)]
 pub struct ProcArray<'a> {
     slots: &'a [ProcSlot],
+    /// `config.total() * stride` cells; slot `i`'s link is `links[i * stride]`.
     links: &'a [AtomicU32],
+    /// Shard-major: shard `s` of kind `k` is `heads[s * Kind::ALL.len() + k]`,
+    /// so shard 0 of each kind is where a one-shard array keeps its head.
     heads: &'a [FreeListHead],
     config: ProcArrayConfig,
+    /// Free lists per kind: a power of two, at most [`MAX_FREE_LIST_SHARDS`].
+    shards: u32,
+    /// 1, or [`LINK_STRIDE`].
+    stride: u32,
 }
 
 impl fmt::Debug for ProcArray<'_> {
@@ -251,8 +294,8 @@ impl<'a> ProcArray<'a> {
         let total = config.total() as usize;
         builder
             .array::<ProcSlot>(regions::SLOTS, total)
-            .array::<AtomicU32>(regions::LINKS, total)
-            .array::<FreeListHead>(regions::HEADS, Kind::ALL.len())
+            .array::<AtomicU32>(regions::LINKS, total * LINK_STRIDE as usize)
+            .array::<FreeListHead>(regions::HEADS, Kind::ALL.len() * FREE_LIST_SHARDS)
             .array::<AtomicU32>(regions::CONFIG, Kind::ALL.len())
     }
 
@@ -308,8 +351,12 @@ impl<'a> ProcArray<'a> {
     }
 
     /// A view over storage the caller laid out (tests and loom models build
-    /// it on the heap). The slices must be `config.total()`,
-    /// `config.total()` and `Kind::ALL.len()` long.
+    /// it on the heap). `slots` must be `config.total()` long; `links`
+    /// `config.total()` (packed) or `config.total() * LINK_STRIDE` (one per
+    /// cache line, as [`declare`](Self::declare) lays them out) long;
+    /// `heads` `Kind::ALL.len()` times the number of shards per kind, a
+    /// power of two up to [`MAX_FREE_LIST_SHARDS`] (one shard is a single
+    /// free list per kind).
     pub fn from_parts(
         slots: &'a [ProcSlot],
         links: &'a [AtomicU32],
@@ -317,34 +364,80 @@ impl<'a> ProcArray<'a> {
         config: ProcArrayConfig,
     ) -> Result<Self, ProcArrayError> {
         let total = config.total() as usize;
-        if slots.len() != total || links.len() != total || heads.len() != Kind::ALL.len() {
+        let kinds = Kind::ALL.len();
+        let stride = if links.len() == total {
+            Some(1)
+        } else if Some(links.len()) == total.checked_mul(LINK_STRIDE as usize) {
+            Some(LINK_STRIDE)
+        } else {
+            None
+        };
+        let shards = heads.len() / kinds;
+        let (Some(stride), true, true) = (
+            stride,
+            slots.len() == total,
+            heads.len().is_multiple_of(kinds)
+                && shards.is_power_of_two()
+                && shards <= MAX_FREE_LIST_SHARDS,
+        ) else {
             return Err(ProcArrayError::Corrupt(format!(
                 "storage for {} slots, {} links, {} heads does not fit {config:?}",
                 slots.len(),
                 links.len(),
                 heads.len()
             )));
-        }
+        };
         Ok(Self {
             slots,
             links,
             heads,
             config,
+            shards: shards as u32,
+            stride,
         })
     }
 
-    /// Puts every slot on its kind's free list. Only while nobody else uses
-    /// the array.
+    /// Puts every slot on its kind's first shard (lowest index on top) and
+    /// empties the other shards. Only while nobody else uses the array.
     pub fn fill_free_lists(&self) {
         for kind in Kind::ALL {
-            self.free_list(kind).fill();
+            self.free_list(kind, 0).fill();
+            for shard in 1..self.shards {
+                // Release: pairs with the acquire head loads in
+                // FreeList::pop_observed(); an empty list has nothing to
+                // publish, but the tag moves on as for any change.
+                let word = self.free_list(kind, shard).head();
+                let tag = crate::freelist::Head::decode(word.load(Ordering::Relaxed))
+                    .tag
+                    .wrapping_add(1);
+                word.store(
+                    crate::freelist::Head { tag, top: 0 }.encode(),
+                    Ordering::Release,
+                );
+            }
         }
     }
 
-    fn free_list(&self, kind: Kind) -> FreeList<'a> {
-        let start = self.config.start(kind) as usize;
-        let end = start + self.config.size(kind) as usize;
-        FreeList::new(&self.heads[kind as usize].0, &self.links[start..end])
+    /// Shard `shard` of `kind`'s free lists; the caller keeps `shard` below
+    /// `self.shards`.
+    #[inline]
+    fn free_list(&self, kind: Kind, shard: u32) -> FreeList<'a> {
+        let stride = self.stride as usize;
+        let start = self.config.start(kind) as usize * stride;
+        let end = start + self.config.size(kind) as usize * stride;
+        let head = &self.heads[shard as usize * Kind::ALL.len() + kind as usize];
+        FreeList::strided(&head.word, &self.links[start..end], self.stride)
+    }
+
+    /// The calling process's home shard (see [`FREE_LIST_SHARDS`]).
+    #[inline]
+    fn home_shard(&self) -> u32 {
+        if self.shards == 1 {
+            return 0;
+        }
+        // A mask, not `%`: shards is a power of two (from_parts checks),
+        // and a division costs more than the rest of this function.
+        me::ticket(&self.heads[0].tickets) & (self.shards - 1)
     }
 
     /// The configuration.
@@ -371,39 +464,84 @@ impl<'a> ProcArray<'a> {
             .find(|(_, s)| s.status().state != FREE && s.pid() == pid)
     }
 
-    /// Pops a slot of `kind` and checks that the free list told the truth:
-    /// the index is in range (the list checks) and the slot is free.
+    /// Pops a slot of `kind`, from the caller's home shard if it has one,
+    /// else from the others in turn, and checks that the free list told
+    /// the truth: the index is in range (the list checks) and the slot is
+    /// free.
+    ///
+    /// `NoFreeSlot` must mean that every slot of the kind was taken at one
+    /// moment, not that slots moved between shards while we looked. So an
+    /// empty scan is confirmed by a second: every shard's head word still
+    /// being the one its empty pop saw proves that no shard changed in
+    /// between (every push and pop bumps the tag), so at the moment the
+    /// first scan ended all were empty together (a double collect). If some
+    /// shard changed, someone pushed or popped: scan again, a bounded number
+    /// of times like the list's own retries.
+    #[inline]
     fn take(&self, kind: Kind) -> Result<(u32, SlotStatus), ProcArrayError> {
-        let Some(relative) = self.free_list(kind).pop()? else {
-            return Err(ProcArrayError::NoFreeSlot {
-                kind,
-                size: self.config.size(kind),
+        let home = self.home_shard();
+        if let Popped::Slot(relative) = self.free_list(kind, home).pop_observed()? {
+            return self.check_taken(kind, relative);
+        }
+        self.take_elsewhere(kind, home)
+    }
+
+    /// [`take`](Self::take)'s slow path: the home shard was empty.
+    #[cold]
+    fn take_elsewhere(&self, kind: Kind, home: u32) -> Result<(u32, SlotStatus), ProcArrayError> {
+        let mut seen = [0u64; MAX_FREE_LIST_SHARDS];
+        for _ in 0..crate::freelist::MAX_ATTEMPTS {
+            for step in 0..self.shards {
+                let shard = (home + step) & (self.shards - 1);
+                match self.free_list(kind, shard).pop_observed()? {
+                    Popped::Slot(relative) => return self.check_taken(kind, relative),
+                    Popped::Empty(word) => seen[shard as usize] = word,
+                }
+            }
+            // Acquire: as in pop_observed(); program order keeps these loads
+            // after the first scan's acquire loads.
+            let unchanged = (0..self.shards).all(|shard| {
+                self.free_list(kind, shard).head().load(Ordering::Acquire) == seen[shard as usize]
             });
-        };
+            if unchanged {
+                return Err(ProcArrayError::NoFreeSlot {
+                    kind,
+                    size: self.config.size(kind),
+                });
+            }
+        }
+        Err(FreeListError::Contended.into())
+    }
+
+    /// Checks that slot `relative` of `kind`, just popped, is free.
+    #[inline]
+    fn check_taken(&self, kind: Kind, relative: u32) -> Result<(u32, SlotStatus), ProcArrayError> {
         let index = self.config.start(kind) + relative;
         let status = self.slots[index as usize].status();
         if status.state != FREE {
             // Not pushed back: it is someone's. The caller resets the segment.
-            return Err(ProcArrayError::Corrupt(format!(
-                "the {kind} free list handed out slot {index}, which is {}",
-                status.state_name()
-            )));
+            return Err(corrupt_pop(kind, index, status));
         }
         Ok((index, status))
     }
 
     /// Takes a slot of `kind` for the calling process, marking it active.
     /// The guard gives it back when dropped.
+    #[inline]
     pub fn acquire(&self, kind: Kind) -> Result<SlotGuard<'a>, ProcArrayError> {
         self.acquire_tagged(kind, 0)
     }
 
     /// As [`acquire`](Self::acquire), recording an opaque `owner_tag`.
     ///
-    /// Hot path: one CAS (the pop) and plain stores. Winning the pop makes
-    /// the slot ours alone (nobody else acts on a FREE slot: reclaimers
-    /// only touch ACTIVE or EXITING ones), so the identity, the latch owner
-    /// and the ACTIVE status are published by one release store.
+    /// Hot path: one CAS (the pop, on the caller's own shard) and plain
+    /// stores, no system call: the pid, its start time and the home shard
+    /// come from a per-process cache that a forked child refills (it has
+    /// another pid). Winning the pop makes the slot ours alone (nobody else
+    /// acts on a FREE slot: reclaimers only touch ACTIVE or EXITING ones),
+    /// so the identity, the latch owner and the ACTIVE status are published
+    /// by one release store.
+    #[inline]
     pub fn acquire_tagged(
         &self,
         kind: Kind,
@@ -411,13 +549,8 @@ impl<'a> ProcArray<'a> {
     ) -> Result<SlotGuard<'a>, ProcArrayError> {
         let (index, free) = self.take(kind)?;
         let slot = &self.slots[index as usize];
-        let pid = latch::pid::current();
-        slot.set_identity(
-            pid,
-            shmem::liveness::own_start_time_as(pid),
-            kind as u32,
-            owner_tag,
-        );
+        let (pid, start_time) = me::identity();
+        slot.set_identity(pid, start_time, kind as u32, owner_tag);
         slot.latch().hand_over(pid);
         let active = SlotStatus {
             generation: free.generation.wrapping_add(1),
@@ -430,6 +563,7 @@ impl<'a> ProcArray<'a> {
                 index,
                 generation: active.generation,
             },
+            kind,
         })
     }
 
@@ -467,13 +601,8 @@ impl<'a> ProcArray<'a> {
         if current != assigned {
             return Err(stale(handle, current));
         }
-        let pid = latch::pid::current();
-        slot.set_identity(
-            pid,
-            shmem::liveness::own_start_time_as(pid),
-            slot.kind(),
-            slot.owner_tag(),
-        );
+        let (pid, start_time) = me::identity();
+        slot.set_identity(pid, start_time, slot.kind(), slot.owner_tag());
         slot.latch().hand_over(pid);
         slot.transition(
             assigned,
@@ -599,7 +728,8 @@ impl<'a> ProcArray<'a> {
         // A process that dies between the FREE transition and this push
         // leaks the slot until the next segment reset (a window of a few
         // instructions); see the crate docs.
-        self.free_list(kind).push(index - self.config.start(kind))?;
+        self.free_list(kind, self.home_shard())
+            .push(index - self.config.start(kind))?;
         Ok(())
     }
 
@@ -616,7 +746,121 @@ impl<'a> ProcArray<'a> {
     /// Counts free slots of `kind` by walking its list. Only meaningful
     /// while no process takes or releases slots of that kind.
     pub fn count_free_quiescent(&self, kind: Kind) -> Result<u32, ProcArrayError> {
-        Ok(self.free_list(kind).count_quiescent()?)
+        let mut free = 0u32;
+        for shard in 0..self.shards {
+            free = free.saturating_add(self.free_list(kind, shard).count_quiescent()?);
+        }
+        if free > self.config.size(kind) {
+            return Err(ProcArrayError::Corrupt(format!(
+                "the {kind} free lists hold {free} entries for {} slots",
+                self.config.size(kind)
+            )));
+        }
+        Ok(free)
+    }
+}
+
+#[cold]
+fn corrupt_pop(kind: Kind, index: u32, status: SlotStatus) -> ProcArrayError {
+    ProcArrayError::Corrupt(format!(
+        "the {kind} free list handed out slot {index}, which is {}",
+        status.state_name()
+    ))
+}
+
+/// What the calling thread needs on the hot path, cached per thread: its
+/// process's pid (from [`latch::pid::current`], itself cached and refreshed
+/// in a forked child before the child runs any code of ours), the process's
+/// start time (for [`ProcArray::reclaim_dead`]'s pid-reuse check; read from
+/// `/proc` once per process) and the thread's home-shard ticket.
+///
+/// Per thread rather than per process, so that threads of one process get
+/// homes of their own just as processes do. The entry is keyed by pid: the
+/// thread that forks a child lives on in the child with the parent's entry,
+/// sees that the pid differs and fills its own, so no fork handler is
+/// needed here. Thread-local, so no ordering is involved.
+#[cfg(not(loom))]
+mod me {
+    use std::cell::Cell;
+
+    use shmem::sync::{AtomicU32, Ordering};
+
+    #[derive(Clone, Copy)]
+    struct Me {
+        /// 0 until filled; the pid the rest belongs to.
+        pid: u32,
+        /// Ticket + 1; 0 means not drawn yet (one-shard arrays never draw).
+        ticket: u32,
+        start: u64,
+    }
+
+    thread_local! {
+        static ME: Cell<Me> = const { Cell::new(Me { pid: 0, ticket: 0, start: 0 }) };
+    }
+
+    /// The caller's pid and start time.
+    #[inline]
+    pub(super) fn identity() -> (u32, u64) {
+        let pid = latch::pid::current();
+        let me = ME.get();
+        if me.pid == pid {
+            return (pid, me.start);
+        }
+        (pid, fill(pid).start)
+    }
+
+    /// The calling thread's home-shard ticket, drawn from `tickets` on first
+    /// use.
+    #[inline]
+    pub(super) fn ticket(tickets: &AtomicU32) -> u32 {
+        let pid = latch::pid::current();
+        let me = ME.get();
+        if me.pid == pid && me.ticket != 0 {
+            return me.ticket - 1;
+        }
+        draw(pid, tickets)
+    }
+
+    #[cold]
+    fn draw(pid: u32, tickets: &AtomicU32) -> u32 {
+        let mut me = ME.get();
+        if me.pid != pid {
+            me = fill(pid);
+        }
+        // Relaxed: the counter only hands out distinct numbers; nothing is
+        // published with it.
+        let drawn = tickets.fetch_add(1, Ordering::Relaxed);
+        me.ticket = drawn.wrapping_add(1).max(1);
+        ME.set(me);
+        drawn
+    }
+
+    #[cold]
+    fn fill(pid: u32) -> Me {
+        let me = Me {
+            pid,
+            ticket: 0,
+            start: shmem::liveness::own_start_time_as(pid),
+        };
+        ME.set(me);
+        me
+    }
+}
+
+/// Under loom, modelled threads share one pid and thread-locals are not
+/// modelled: no cache, and every thread's home is shard 0 (the models move
+/// slots between shards by hand to exercise the scan).
+#[cfg(loom)]
+mod me {
+    use shmem::sync::AtomicU32;
+
+    pub(super) fn identity() -> (u32, u64) {
+        let pid = latch::pid::current();
+        (pid, shmem::liveness::own_start_time_as(pid))
+    }
+
+    pub(super) fn ticket(_tickets: &AtomicU32) -> u32 {
+        0
     }
 }
 
@@ -637,6 +881,7 @@ fn stale_at(index: u32, generation: u32, found: SlotStatus) -> ProcArrayError {
 pub struct SlotGuard<'a> {
     array: ProcArray<'a>,
     handle: SlotHandle,
+    kind: Kind,
 }
 
 impl<'a> SlotGuard<'a> {
@@ -651,6 +896,7 @@ impl<'a> SlotGuard<'a> {
     }
 
     /// The slot.
+    #[inline]
     pub fn slot(&self) -> &'a ProcSlot {
         &self.array.slots[self.handle.index as usize]
     }
@@ -678,9 +924,10 @@ impl std::ops::Deref for SlotGuard<'_> {
 
 impl Drop for SlotGuard<'_> {
     /// The owner's release, the other half of the hot path: one CAS to FREE
-    /// and the push. The identity fields are left as they were; every
-    /// reader looks at the state first, and a FREE slot's identity means
-    /// nothing.
+    /// and the push onto the owner's home shard. The identity fields are
+    /// left as they were; every reader looks at the state first, and a FREE
+    /// slot's identity means nothing.
+    #[inline]
     fn drop(&mut self) {
         let slot = self.slot();
         let handle = self.handle;
@@ -697,16 +944,13 @@ impl Drop for SlotGuard<'_> {
         // Fails only if someone reclaimed the slot from under us (they judged
         // us dead) or shared memory was overwritten; either way it is not
         // ours to free any more.
-        let config = self.array.config;
-        if slot.transition(active, free).is_ok()
-            && let Some(kind) = config.kind_of(handle.index)
-        {
+        if slot.transition(active, free).is_ok() {
+            let array = &self.array;
             // Contended or corrupt: the slot leaks until the next reset,
             // which a corrupt list gets anyway.
-            let _ = self
-                .array
-                .free_list(kind)
-                .push(handle.index - config.start(kind));
+            let _ = array
+                .free_list(self.kind, array.home_shard())
+                .push(handle.index - array.config.start(self.kind));
         }
     }
 }
@@ -720,5 +964,176 @@ pub struct CriticalSection<'a> {
 impl Drop for CriticalSection<'_> {
     fn drop(&mut self) {
         self.slot.exit_critical();
+    }
+}
+
+/// Heap storage for an array with `shards` free lists per kind.
+#[cfg(test)]
+struct Storage {
+    slots: Vec<ProcSlot>,
+    links: Vec<AtomicU32>,
+    heads: Vec<FreeListHead>,
+    config: ProcArrayConfig,
+}
+
+#[cfg(test)]
+impl Storage {
+    fn new(config: ProcArrayConfig, shards: usize) -> Self {
+        let total = config.total() as usize;
+        let storage = Self {
+            slots: (0..total).map(|_| ProcSlot::default()).collect(),
+            links: (0..total).map(|_| AtomicU32::new(0)).collect(),
+            heads: (0..shards * Kind::ALL.len())
+                .map(|_| FreeListHead::default())
+                .collect(),
+            config,
+        };
+        storage.procs().fill_free_lists();
+        storage
+    }
+
+    fn procs(&self) -> ProcArray<'_> {
+        ProcArray::from_parts(&self.slots, &self.links, &self.heads, self.config)
+            .expect("storage fits")
+    }
+
+    /// Moves the top free slot of `kind` from shard `from` to shard `to`, as
+    /// a process homed on `to` that took it and gave it back would.
+    fn move_free(&self, kind: Kind, from: u32, to: u32) {
+        let procs = self.procs();
+        let slot = procs
+            .free_list(kind, from)
+            .pop()
+            .expect("consistent")
+            .expect("a free slot");
+        procs.free_list(kind, to).push(slot).expect("in range");
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    const CONFIG: ProcArrayConfig = ProcArrayConfig {
+        workers: 1,
+        backends: 3,
+    };
+
+    #[test]
+    fn storage_that_does_not_fit_is_refused() {
+        let s = Storage::new(CONFIG, 2);
+        let c = CONFIG;
+        assert!(ProcArray::from_parts(&s.slots, &s.links, &s.heads[..3], c).is_err());
+        assert!(ProcArray::from_parts(&s.slots, &s.links[..3], &s.heads, c).is_err());
+        let three: Vec<_> = (0..6).map(|_| FreeListHead::default()).collect();
+        assert!(
+            ProcArray::from_parts(&s.slots, &s.links, &three, c).is_err(),
+            "shards must be a power of two"
+        );
+        let strided: Vec<_> = (0..4 * LINK_STRIDE).map(|_| AtomicU32::new(0)).collect();
+        assert!(ProcArray::from_parts(&s.slots, &strided, &s.heads, c).is_ok());
+    }
+
+    #[test]
+    fn slots_on_other_shards_are_found_and_exhaustion_is_exact() {
+        let s = Storage::new(CONFIG, 4);
+        // Spread the backend slots over shards 1, 2 and 3: whatever our home
+        // shard is, at least two slots are elsewhere.
+        for to in 1..4 {
+            s.move_free(Kind::Backend, 0, to);
+        }
+        let procs = s.procs();
+        assert_eq!(procs.count_free_quiescent(Kind::Backend), Ok(3));
+        let held: Vec<_> = (0..3)
+            .map(|_| procs.acquire(Kind::Backend).unwrap())
+            .collect();
+        let mut indices: Vec<_> = held.iter().map(|g| g.index()).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, [1, 2, 3]);
+        assert_eq!(
+            procs.acquire(Kind::Backend).unwrap_err(),
+            ProcArrayError::NoFreeSlot {
+                kind: Kind::Backend,
+                size: 3
+            }
+        );
+        drop(held);
+        assert_eq!(procs.count_free_quiescent(Kind::Backend), Ok(3));
+        assert_eq!(procs.count_free_quiescent(Kind::Worker), Ok(1));
+        // Released slots went to one shard, our home; all can be had again.
+        let again: Vec<_> = (0..3)
+            .map(|_| procs.acquire(Kind::Backend).unwrap())
+            .collect();
+        assert_eq!(again.len(), 3);
+    }
+
+    #[test]
+    fn a_slot_listed_on_two_shards_is_reported() {
+        let s = Storage::new(CONFIG, 2);
+        let procs = s.procs();
+        // Scribble: list worker slot 0 on shard 1 as well.
+        procs.free_list(Kind::Worker, 1).push(0).unwrap();
+        assert!(matches!(
+            procs.count_free_quiescent(Kind::Worker),
+            Err(ProcArrayError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn the_home_ticket_is_stable_within_a_process() {
+        let s = Storage::new(CONFIG, 8);
+        let procs = s.procs();
+        let home = procs.home_shard();
+        assert_eq!(procs.home_shard(), home);
+        let (pid, start) = me::identity();
+        assert_eq!(pid, std::process::id());
+        assert_eq!(start, shmem::liveness::own_start_time());
+    }
+}
+
+/// loom: slots moving between shards never make a scan report a spurious
+/// `NoFreeSlot`, and are never handed to two owners.
+///
+/// Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p proclist --release --lib loom_`
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    const CONFIG: ProcArrayConfig = ProcArrayConfig {
+        workers: 0,
+        backends: 2,
+    };
+
+    /// Two slots, two shards, two threads that each hold at most one slot
+    /// at a time: every acquire must succeed. One slot starts on each shard;
+    /// every thread's home is shard 0 under loom, so each release moves a
+    /// slot to shard 0 while the other thread may be scanning shard 1: the
+    /// double collect must catch that move rather than report exhaustion.
+    #[test]
+    fn loom_moving_slots_never_look_exhausted() {
+        loom::model(|| {
+            let storage = Arc::new(Storage::new(CONFIG, 2));
+            storage.move_free(Kind::Backend, 0, 1);
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let storage = storage.clone();
+                    thread::spawn(move || {
+                        let procs = storage.procs();
+                        for _ in 0..2 {
+                            let guard = procs
+                                .acquire(Kind::Backend)
+                                .expect("a slot is always free for us");
+                            assert_eq!(guard.status().state, ACTIVE);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert_eq!(storage.procs().count_free_quiescent(Kind::Backend), Ok(2));
+        });
     }
 }

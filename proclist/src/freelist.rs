@@ -8,9 +8,13 @@
 //! - `head`: one `u64`, decoded through [`Head`]: the low 32 bits are the top
 //!   of the stack as *index + 1* (0 = empty, so an all-zero list is a valid
 //!   empty one), the high 32 bits a tag bumped by every successful change.
-//! - `links[i]`: the entry below slot `i` while `i` is on the stack, in the
-//!   same +1 encoding. Written only by the process pushing `i`, before the
-//!   push is published.
+//! - `links[i * stride]`: the entry below slot `i` while `i` is on the
+//!   stack, in the same +1 encoding (the stride, 1 or a cache line's worth
+//!   of cells, keeps slots' links apart; see [`FreeList::strided`]). Written
+//!   only by the process pushing `i`, before the push is published.
+//!
+//! A failed CAS is retried after a short exponential back-off
+//! ([`BACKOFF_MAX_SPINS`]).
 //!
 //! Who may do what: any process may [`pop`](FreeList::pop) (take a slot it
 //! then owns) and [`push`](FreeList::push) a slot **it owns** (giving it up).
@@ -59,6 +63,7 @@ pub struct Head {
 
 impl Head {
     /// Unpacks a head word.
+    #[inline]
     pub fn decode(word: u64) -> Self {
         Self {
             tag: (word >> 32) as u32,
@@ -67,8 +72,55 @@ impl Head {
     }
 
     /// Packs a head word.
+    #[inline]
     pub fn encode(self) -> u64 {
         (u64::from(self.tag) << 32) | u64::from(self.top)
+    }
+}
+
+/// What [`FreeList::pop_observed`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Popped {
+    /// The caller now owns this slot (index within the list).
+    Slot(u32),
+    /// The list was empty; the head word (tag included) it was read from.
+    Empty(u64),
+}
+
+/// How many pause instructions the first retry after a failed CAS waits;
+/// each further failure doubles it, up to [`BACKOFF_MAX_SPINS`].
+pub const BACKOFF_FIRST_SPINS: u32 = 1;
+
+/// The most pause instructions one retry waits. A failed CAS means another
+/// process just changed the head and probably holds its cache line; letting
+/// it finish its next operation costs less than stealing the line back at
+/// once (crossbeam's `Backoff::spin` makes the same trade). Kept short: a
+/// free-list operation is a few dozen nanoseconds, so a longer wait only
+/// idles. There is no blocking stage: the list is lock-free, and a process
+/// that is preempted holds nothing anyone waits for.
+pub const BACKOFF_MAX_SPINS: u32 = 64;
+
+/// Exponential back-off between CAS retries (see [`BACKOFF_MAX_SPINS`]).
+/// Under loom it does nothing: a pause is not an event the model schedules.
+struct Backoff {
+    spins: u32,
+}
+
+impl Backoff {
+    #[inline]
+    fn new() -> Self {
+        Self {
+            spins: BACKOFF_FIRST_SPINS,
+        }
+    }
+
+    #[inline]
+    fn spin(&mut self) {
+        #[cfg(not(loom))]
+        for _ in 0..self.spins {
+            shmem::sync::spin_loop();
+        }
+        self.spins = (self.spins * 2).min(BACKOFF_MAX_SPINS);
     }
 }
 
@@ -95,7 +147,11 @@ pub enum FreeListError {
 #[derive(Clone, Copy)]
 pub struct FreeList<'a> {
     head: &'a AtomicU64,
+    /// Slot `i`'s link is `links[i * stride]`; the cells between are
+    /// padding that keeps each link on its own cache line.
     links: &'a [AtomicU32],
+    stride: u32,
+    capacity: u32,
 }
 
 impl<'a> FreeList<'a> {
@@ -105,54 +161,108 @@ impl<'a> FreeList<'a> {
     /// # Panics
     ///
     /// If there are `u32::MAX` or more links (the +1 encoding needs one value).
+    #[inline]
     pub fn new(head: &'a AtomicU64, links: &'a [AtomicU32]) -> Self {
+        Self::strided(head, links, 1)
+    }
+
+    /// A view over `head` and `links` where slot `i`'s link is
+    /// `links[i * stride]`, so that with a stride of a cache line no two
+    /// slots' links share a line (a process pushing its slot then does not
+    /// steal the line from one popping another). The list manages
+    /// `links.len() / stride` slots.
+    ///
+    /// # Panics
+    ///
+    /// If `stride` is 0, or the list would manage `u32::MAX` or more slots.
+    #[inline]
+    pub fn strided(head: &'a AtomicU64, links: &'a [AtomicU32], stride: u32) -> Self {
+        assert!(stride > 0, "a free list's link stride must be positive");
+        let capacity = links.len() / stride as usize;
         assert!(
-            links.len() < u32::MAX as usize,
+            capacity < u32::MAX as usize,
             "too many slots for one free list"
         );
-        Self { head, links }
+        Self {
+            head,
+            links,
+            stride,
+            capacity: capacity as u32,
+        }
+    }
+
+    /// The head word.
+    #[inline]
+    pub(crate) fn head(&self) -> &'a AtomicU64 {
+        self.head
     }
 
     /// Number of slots the list manages (free or not).
+    #[inline]
     pub fn capacity(&self) -> u32 {
-        self.links.len() as u32
+        self.capacity
+    }
+
+    /// Slot `index`'s link. The caller has checked `index < capacity`, so
+    /// `index * stride < links.len()` and the product cannot overflow.
+    #[inline]
+    fn link(&self, index: u32) -> &'a AtomicU32 {
+        debug_assert!(index < self.capacity);
+        &self.links[index as usize * self.stride as usize]
     }
 
     /// Puts every slot on the list, lowest index on top. Only for a list
     /// nobody else is using yet (segment creation or reset).
     pub fn fill(&self) {
         let n = self.capacity();
-        for (i, link) in self.links.iter().enumerate() {
+        for i in 0..n {
             // Entry below slot i is slot i+1, i.e. i+2 in the +1 encoding;
             // the last slot's link is 0, the bottom.
-            let below = if (i as u32) + 1 < n { i as u32 + 2 } else { 0 };
+            let below = if i + 1 < n { i + 2 } else { 0 };
             // Relaxed: published by the release store of the head below.
-            link.store(below, Ordering::Relaxed);
+            self.link(i).store(below, Ordering::Relaxed);
         }
         let top = if n > 0 { 1 } else { 0 };
         let tag = Head::decode(self.head.load(Ordering::Relaxed))
             .tag
             .wrapping_add(1);
-        // Release: pairs with the acquire head load in pop().
+        // Release: pairs with the acquire head load in pop_observed().
         self.head
             .store(Head { tag, top }.encode(), Ordering::Release);
     }
 
     /// Takes the top slot, if any. The caller owns the returned index until
     /// it pushes it back.
+    #[inline]
     pub fn pop(&self) -> Result<Option<u32>, FreeListError> {
+        Ok(match self.pop_observed()? {
+            Popped::Slot(index) => Some(index),
+            Popped::Empty(_) => None,
+        })
+    }
+
+    /// As [`pop`](Self::pop), but an empty answer carries the head word it
+    /// was read from, tag included. Two reads of an empty head that return
+    /// the same word bracket an interval in which the list stayed empty
+    /// (every change bumps the tag), which lets a caller that scans several
+    /// lists prove they were all empty at one moment (a double collect; see
+    /// [`ProcArray::acquire`](crate::ProcArray::acquire)).
+    #[inline]
+    pub fn pop_observed(&self) -> Result<Popped, FreeListError> {
         // Acquire: pairs with the release CAS in push() (and store in fill()),
         // so the link of the top slot is the one its pusher wrote.
-        let mut current = Head::decode(self.head.load(Ordering::Acquire));
+        let mut word = self.head.load(Ordering::Acquire);
+        let mut backoff = Backoff::new();
         for _ in 0..MAX_ATTEMPTS {
+            let current = Head::decode(word);
             if current.top == 0 {
-                return Ok(None);
+                return Ok(Popped::Empty(word));
             }
             let index = self.check(current.top)?;
             // Relaxed: ordered after the acquire load that produced `current`.
             // If the slot was popped and pushed again meanwhile, this value
             // may be stale, but then the tag has moved and the CAS fails.
-            let below = self.links[index as usize].load(Ordering::Relaxed);
+            let below = self.link(index).load(Ordering::Relaxed);
             if below != 0 {
                 self.check(below)?;
             }
@@ -161,7 +271,7 @@ impl<'a> FreeList<'a> {
                 top: below,
             };
             match self.head.compare_exchange_weak(
-                current.encode(),
+                word,
                 next.encode(),
                 // Acquire on success: the slot's previous owner released it
                 // with the push this head came from; we now see its writes.
@@ -170,8 +280,11 @@ impl<'a> FreeList<'a> {
                 // link, which its pusher published with release.
                 Ordering::Acquire,
             ) {
-                Ok(_) => return Ok(Some(index)),
-                Err(seen) => current = Head::decode(seen),
+                Ok(_) => return Ok(Popped::Slot(index)),
+                Err(seen) => {
+                    word = seen;
+                    backoff.spin();
+                }
             }
         }
         Err(FreeListError::Contended)
@@ -180,6 +293,7 @@ impl<'a> FreeList<'a> {
     /// Gives slot `index` back. The caller must own it (have popped it and
     /// not pushed it since); anything it wrote to the slot is visible to the
     /// slot's next owner.
+    #[inline]
     pub fn push(&self, index: u32) -> Result<(), FreeListError> {
         if index >= self.capacity() {
             return Err(FreeListError::Corrupt {
@@ -189,10 +303,11 @@ impl<'a> FreeList<'a> {
         }
         // Relaxed: the CAS below validates the value; a stale one just fails.
         let mut current = Head::decode(self.head.load(Ordering::Relaxed));
+        let mut backoff = Backoff::new();
         for _ in 0..MAX_ATTEMPTS {
             // Relaxed: we own the slot, nobody else writes its link; the
             // release CAS below publishes it.
-            self.links[index as usize].store(current.top, Ordering::Relaxed);
+            self.link(index).store(current.top, Ordering::Relaxed);
             let next = Head {
                 tag: current.tag.wrapping_add(1),
                 top: index + 1,
@@ -200,19 +315,23 @@ impl<'a> FreeList<'a> {
             match self.head.compare_exchange_weak(
                 current.encode(),
                 next.encode(),
-                // Release: pairs with the acquire head load in pop().
+                // Release: pairs with the acquire head load in pop_observed().
                 Ordering::Release,
                 // Relaxed on failure: we only reuse the value for the retry.
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return Ok(()),
-                Err(seen) => current = Head::decode(seen),
+                Err(seen) => {
+                    current = Head::decode(seen);
+                    backoff.spin();
+                }
             }
         }
         Err(FreeListError::Contended)
     }
 
     /// Decodes a +1-encoded index read from shared memory, checking range.
+    #[inline]
     fn check(&self, encoded: u32) -> Result<u32, FreeListError> {
         let index = encoded.wrapping_sub(1);
         if index < self.capacity() {
@@ -240,7 +359,7 @@ impl<'a> FreeList<'a> {
                     len: self.capacity(),
                 });
             }
-            top = self.links[index as usize].load(Ordering::Relaxed);
+            top = self.link(index).load(Ordering::Relaxed);
         }
         Ok(n)
     }

@@ -31,7 +31,7 @@ pub use array::{
     SlotHandle,
 };
 pub use condvar::{ConditionVariable, CvError, CvWait, CvWake, WaitNode};
-pub use freelist::{FreeList, FreeListError};
+pub use freelist::{FreeList, FreeListError, Popped};
 pub use list::{ListError, ListField, ListHead, ListLink, ListNode, LockedList, ProcList};
 pub use lock::{LockError, LockGuard, ShmLock};
 pub use slot::{ProcSlot, SlotStatus};

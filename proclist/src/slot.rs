@@ -61,6 +61,7 @@ pub struct SlotStatus {
 
 impl SlotStatus {
     /// Unpacks a status word.
+    #[inline]
     pub fn decode(word: u64) -> Self {
         Self {
             generation: (word >> 32) as u32,
@@ -69,6 +70,7 @@ impl SlotStatus {
     }
 
     /// Packs a status word.
+    #[inline]
     pub fn encode(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.state)
     }
@@ -127,6 +129,7 @@ unsafe impl shmem::ShmSafe for ProcSlot {}
 
 impl ProcSlot {
     /// The current status.
+    #[inline]
     pub fn status(&self) -> SlotStatus {
         // Acquire: pairs with the release CASes of the transitions, so a
         // reader that sees ACTIVE also sees the pid written before it.
@@ -134,6 +137,7 @@ impl ProcSlot {
     }
 
     /// Moves the status from `from` to `to` if it still is `from`.
+    #[inline]
     pub(crate) fn transition(&self, from: SlotStatus, to: SlotStatus) -> Result<(), SlotStatus> {
         self.ident
             .status
@@ -152,6 +156,7 @@ impl ProcSlot {
 
     /// Publishes `to` as the status of a slot the caller holds exclusively
     /// (it just won it from a free list), with the identity written before.
+    #[inline]
     pub(crate) fn publish(&self, to: SlotStatus) {
         // Release: pairs with the acquire load in status(), publishing the
         // identity fields and latch owner written before.
@@ -159,29 +164,34 @@ impl ProcSlot {
     }
 
     /// The owner's pid (0 while assigned and not yet activated, or free).
+    #[inline]
     pub fn pid(&self) -> u32 {
         // Relaxed: read after status(), whose acquire orders it.
         self.ident.pid.load(Ordering::Relaxed)
     }
 
     /// The owner's start time in clock ticks since boot (0 if unknown).
+    #[inline]
     pub fn start_time(&self) -> u64 {
         // Relaxed: as pid().
         self.ident.start_time.load(Ordering::Relaxed)
     }
 
     /// The kind the slot was taken as.
+    #[inline]
     pub fn kind(&self) -> u32 {
         // Relaxed: as pid().
         self.ident.kind.load(Ordering::Relaxed)
     }
 
     /// The opaque tag its acquirer attached (e.g. a worker registration id).
+    #[inline]
     pub fn owner_tag(&self) -> u64 {
         // Relaxed: as pid().
         self.ident.owner_tag.load(Ordering::Relaxed)
     }
 
+    #[inline]
     pub(crate) fn set_identity(&self, pid: u32, start_time: u64, kind: u32, owner_tag: u64) {
         // Relaxed: published by the release transition that follows.
         self.ident.pid.store(pid, Ordering::Relaxed);
@@ -195,6 +205,7 @@ impl ProcSlot {
         self.reset_critical();
     }
 
+    #[inline]
     pub(crate) fn reset_critical(&self) {
         // Relaxed: owner-only field, published by the following release
         // transition; see enter_critical().
@@ -203,6 +214,7 @@ impl ProcSlot {
 
     /// How deep in critical sections the owner is; non-zero after its death
     /// means shared state may be half-changed.
+    #[inline]
     pub fn crit_depth(&self) -> u32 {
         // Relaxed: read after the owner's death, which the kernel orders
         // after every store the owner made.
@@ -212,6 +224,7 @@ impl ProcSlot {
     /// Marks the start of a multi-step change to shared state. Owner only;
     /// pair with [`exit_critical`](Self::exit_critical), or use
     /// [`SlotGuard::critical`](crate::SlotGuard::critical).
+    #[inline]
     pub fn enter_critical(&self) {
         // Relaxed: only read once the owner is dead (see crit_depth()); the
         // owner's own program order keeps this before its changes.
@@ -220,6 +233,7 @@ impl ProcSlot {
 
     /// Marks the end of a critical section entered with
     /// [`enter_critical`](Self::enter_critical).
+    #[inline]
     pub fn exit_critical(&self) {
         // Release: a reader that sees the depth fall also sees the changes
         // made inside the section (pairs with the acquire in status()
@@ -229,18 +243,21 @@ impl ProcSlot {
 
     /// Records that the owner is alive; `now` is any monotonic count the
     /// supervisor understands (e.g. milliseconds since the segment began).
+    #[inline]
     pub fn beat(&self, now: u64) {
         // Relaxed: a liveness hint; nothing is published with it.
         self.heartbeat.0.store(now, Ordering::Relaxed);
     }
 
     /// The last heartbeat.
+    #[inline]
     pub fn heartbeat(&self) -> u64 {
         // Relaxed: see beat().
         self.heartbeat.0.load(Ordering::Relaxed)
     }
 
     /// The owner's latch: anyone may set it, only the owner waits on it.
+    #[inline]
     pub fn latch(&self) -> &latch::Latch {
         &self.latch.0
     }

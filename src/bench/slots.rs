@@ -1,13 +1,43 @@
 //! Slot figures: what taking and giving back a process slot costs, alone
-//! and with two contenders, next to the free lists people would otherwise
-//! write: a `Mutex<Vec<u32>>` (in-process only) and a spinlock-protected
-//! stack in shared memory (PostgreSQL's approach for PGPROC free lists).
+//! and with contenders, next to the free lists people would otherwise
+//! write: a `Mutex<Vec<u32>>` (in-process only), a spinlock-protected stack
+//! in shared memory (PostgreSQL's approach for PGPROC free lists) and a
+//! [`ShmLock`] (futex mutex) protected stack in shared memory.
+//!
+//! # Like for like
+//!
+//! Taking a slot is more than popping an index: `ProcArray::acquire`
+//! writes the owner's pid, start time, kind and tag, hands the latch over
+//! and publishes the status word; the release clears the latch and
+//! critical-section depth, moves the status to FREE and pushes. So every
+//! baseline figure named `*_freelist_*` does the same writes into a slot
+//! of the same shape (the index list under its lock, the slot writes
+//! outside it, as PostgreSQL does), and a lock-protected list needs no CAS
+//! on the status word (its lock already makes the taker the only owner),
+//! which the baselines get for free. `freelist_pop_push_ns` and
+//! `mutex_bare_*` compare the bare index lists, indices only.
+//!
+//! # Contended figures
+//!
+//! `*_contended_p<N>_mops` are N forked processes taking and releasing
+//! slots as fast as they can, pinned round-robin to the CPUs. The slot
+//! array gives each process a home free list of its own (see
+//! `proclist::array::FREE_LIST_SHARDS`), so processes do not share a cache
+//! line while slots last; `slot_single_list_*` is the same array built with
+//! one free list per kind, to show what the sharding buys. On a machine
+//! with fewer CPUs than N the extra processes time-share a CPU: such counts
+//! measure how throughput degrades and how fairly it is shared
+//! (`*_fairness_x`: the slowest process's share over the fastest's, 1 is
+//! perfectly fair), not speed-up. A spinlock whose holder is preempted
+//! stalls everyone until the holder runs again; lock-free lists and the
+//! futex mutex do not.
 
 use std::time::{Duration, Instant};
 
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
-use proclist::{Kind, ProcArray, ProcArrayConfig};
+use proclist::array::{FreeListHead, LINK_STRIDE};
+use proclist::{Kind, ProcArray, ProcArrayConfig, ProcSlot, ShmLock};
 use shmem::sync::{AtomicU32, AtomicU64, Ordering, spin_loop};
 use shmem::{Layout, Segment, ShmSafe};
 
@@ -19,19 +49,78 @@ const CONFIG: ProcArrayConfig = ProcArrayConfig {
     backends: SLOTS,
 };
 
-/// A spinlock-protected stack of slot indices in shared memory: the
-/// baseline for "what PostgreSQL does" (a spinlock around a list).
+/// Process counts of the scaling figures.
+const PROCESS_COUNTS: [usize; 4] = [1, 2, 4, 8];
+const MAX_PROCESSES: usize = 8;
+
+/// The slot a baseline hands out: the fields `ProcArray::acquire` writes,
+/// on the same cache lines as in a `ProcSlot` (identity on one, latch on
+/// another).
+#[repr(C, align(128))]
+#[derive(Default)]
+struct MirrorSlot {
+    status: AtomicU64,
+    owner_tag: AtomicU64,
+    start_time: AtomicU64,
+    pid: AtomicU32,
+    kind: AtomicU32,
+    crit_depth: AtomicU32,
+    latch: MirrorLatch,
+}
+
+#[repr(C, align(128))]
+#[derive(Default)]
+struct MirrorLatch {
+    state: AtomicU32,
+    owner: AtomicU32,
+    spin_hint: AtomicU32,
+}
+
+// SAFETY: repr(C) of atomic integers: any bytes valid, no pointers.
+unsafe impl ShmSafe for MirrorSlot {}
+
+impl MirrorSlot {
+    /// What `ProcArray::acquire` writes, for a slot the caller just took
+    /// from a lock-protected list (which makes it the only owner, so the
+    /// status needs a store, not a CAS).
+    fn take(&self) {
+        let pid = latch::pid::current();
+        // Relaxed: published by the release store of the status below.
+        self.pid.store(pid, Ordering::Relaxed);
+        self.start_time
+            .store(shmem::liveness::own_start_time_as(pid), Ordering::Relaxed);
+        self.kind.store(Kind::Backend as u32, Ordering::Relaxed);
+        self.owner_tag.store(0, Ordering::Relaxed);
+        self.latch.owner.store(pid, Ordering::Relaxed);
+        self.latch.spin_hint.store(0, Ordering::Relaxed);
+        // Relaxed: a generation bump by its owner; the store below publishes.
+        let generation = (self.status.load(Ordering::Relaxed) >> 32) + 1;
+        // Release: what a status reader's acquire would pair with, as in
+        // ProcSlot::publish.
+        self.status.store((generation << 32) | 2, Ordering::Release);
+    }
+
+    /// What dropping a `SlotGuard` writes before the push.
+    fn release(&self) {
+        // Relaxed: published by the release store of the status below.
+        self.latch.owner.store(0, Ordering::Relaxed);
+        self.latch.spin_hint.store(0, Ordering::Relaxed);
+        self.crit_depth.store(0, Ordering::Relaxed);
+        // Relaxed: the owner's own word; the store below publishes.
+        let generation = self.status.load(Ordering::Relaxed) >> 32;
+        // Release: as in take().
+        self.status.store(generation << 32, Ordering::Release);
+    }
+}
+
+/// A stack of slot indices, behind whatever lock the holder uses.
 #[repr(C)]
-struct SpinFreeList {
-    lock: AtomicU32,
+struct IndexStack {
     len: AtomicU32,
     items: [AtomicU32; SLOTS as usize],
 }
 
-// SAFETY: repr(C) of atomic integers: any bytes valid, no pointers.
-unsafe impl ShmSafe for SpinFreeList {}
-
-impl SpinFreeList {
+impl IndexStack {
     fn fill(&self) {
         for (i, item) in self.items.iter().enumerate() {
             // Relaxed: set up before any other process exists.
@@ -40,6 +129,35 @@ impl SpinFreeList {
         self.len.store(SLOTS, Ordering::Relaxed);
     }
 
+    /// Only under the owner's lock, which orders everything: hence Relaxed.
+    fn pop(&self) -> Option<u32> {
+        let len = self.len.load(Ordering::Relaxed);
+        (len > 0).then(|| {
+            self.len.store(len - 1, Ordering::Relaxed);
+            self.items[(len - 1) as usize].load(Ordering::Relaxed)
+        })
+    }
+
+    /// Only under the owner's lock, which orders everything: hence Relaxed.
+    fn push(&self, item: u32) {
+        let len = self.len.load(Ordering::Relaxed);
+        self.items[len as usize].store(item, Ordering::Relaxed);
+        self.len.store(len + 1, Ordering::Relaxed);
+    }
+}
+
+/// A spinlock-protected stack of slot indices in shared memory: the
+/// baseline for "what PostgreSQL does" (a spinlock around a list).
+#[repr(C)]
+struct SpinFreeList {
+    lock: AtomicU32,
+    stack: IndexStack,
+}
+
+// SAFETY: repr(C) of atomic integers: any bytes valid, no pointers.
+unsafe impl ShmSafe for SpinFreeList {}
+
+impl SpinFreeList {
     fn lock(&self) {
         // Acquire: pairs with the release store in unlock().
         while self
@@ -61,23 +179,41 @@ impl SpinFreeList {
 
     fn pop(&self) -> Option<u32> {
         self.lock();
-        // Relaxed inside the lock: the lock orders everything.
-        let len = self.len.load(Ordering::Relaxed);
-        let item = (len > 0).then(|| {
-            self.len.store(len - 1, Ordering::Relaxed);
-            self.items[(len - 1) as usize].load(Ordering::Relaxed)
-        });
+        let item = self.stack.pop();
         self.unlock();
         item
     }
 
     fn push(&self, item: u32) {
         self.lock();
-        // Relaxed inside the lock: the lock orders everything.
-        let len = self.len.load(Ordering::Relaxed);
-        self.items[len as usize].store(item, Ordering::Relaxed);
-        self.len.store(len + 1, Ordering::Relaxed);
+        self.stack.push(item);
         self.unlock();
+    }
+}
+
+/// A futex-mutex ([`ShmLock`]) protected stack of slot indices in shared
+/// memory: a lock that sleeps instead of spinning forever, so it stays
+/// usable when processes outnumber CPUs.
+#[repr(C)]
+struct LockedFreeList {
+    lock: ShmLock,
+    stack: IndexStack,
+}
+
+// SAFETY: repr(C) of a ShmLock (itself ShmSafe) and atomic integers: any
+// bytes valid, no pointers.
+unsafe impl ShmSafe for LockedFreeList {}
+
+impl LockedFreeList {
+    fn pop(&self) -> Result<Option<u32>, ()> {
+        let _held = self.lock.lock().map_err(|_| ())?;
+        Ok(self.stack.pop())
+    }
+
+    fn push(&self, item: u32) -> Result<(), ()> {
+        let _held = self.lock.lock().map_err(|_| ())?;
+        self.stack.push(item);
+        Ok(())
     }
 }
 
@@ -86,49 +222,89 @@ impl SpinFreeList {
 struct RunControl {
     stop: AtomicU32,
     ready: AtomicU32,
-    ops: [AtomicU64; 2],
     errors: AtomicU32,
+    ops: [AtomicU64; MAX_PROCESSES],
 }
 
 // SAFETY: repr(C) of atomic integers: any bytes valid, no pointers.
 unsafe impl ShmSafe for RunControl {}
 
+/// Region names of the one-list array (the sharded one uses the defaults).
+const SINGLE_SLOTS: &str = "single.procs";
+const SINGLE_LINKS: &str = "single.links";
+const SINGLE_HEADS: &str = "single.heads";
+
 fn layout() -> Result<Layout, String> {
+    let total = CONFIG.total() as usize;
     ProcArray::declare(Layout::builder(), CONFIG)
+        .array::<ProcSlot>(SINGLE_SLOTS, total)
+        .array::<AtomicU32>(SINGLE_LINKS, total * LINK_STRIDE as usize)
+        .array::<FreeListHead>(SINGLE_HEADS, Kind::ALL.len())
+        .array::<MirrorSlot>("mirror_slots", total)
         .region::<SpinFreeList>("spin_list")
+        .region::<LockedFreeList>("locked_list")
         .region::<RunControl>("control")
         .build()
         .map_err(|e| e.to_string())
+}
+
+/// Takes and releases one slot from the spinlock list, with slot writes.
+fn spin_cycle(list: &SpinFreeList, slots: &[MirrorSlot]) -> Result<(), ()> {
+    let i = list.pop().ok_or(())?;
+    slots[i as usize].take();
+    slots[i as usize].release();
+    list.push(i);
+    Ok(())
+}
+
+/// Takes and releases one slot from the futex-mutex list, with slot writes.
+fn locked_cycle(list: &LockedFreeList, slots: &[MirrorSlot]) -> Result<(), ()> {
+    let i = list.pop()?.ok_or(())?;
+    slots[i as usize].take();
+    slots[i as usize].release();
+    list.push(i)
 }
 
 /// Runs the group.
 pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     let layout = layout()?;
     let seg = Segment::create(&layout).map_err(|e| e.to_string())?;
-    let procs = ProcArray::init(&seg, CONFIG).map_err(|e| e.to_string())?;
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let procs = ProcArray::init(&seg, CONFIG).map_err(|e| err(&e))?;
+    let single = ProcArray::from_parts(
+        seg.array(SINGLE_SLOTS).map_err(|e| err(&e))?,
+        seg.array(SINGLE_LINKS).map_err(|e| err(&e))?,
+        seg.array(SINGLE_HEADS).map_err(|e| err(&e))?,
+        CONFIG,
+    )
+    .map_err(|e| err(&e))?;
+    single.fill_free_lists();
+    let mirror = seg
+        .array::<MirrorSlot>("mirror_slots")
+        .map_err(|e| err(&e))?;
     let spin = seg
         .region::<SpinFreeList>("spin_list")
-        .map_err(|e| e.to_string())?;
-    spin.fill();
-    let control = seg
-        .region::<RunControl>("control")
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| err(&e))?;
+    spin.stack.fill();
+    let locked = seg
+        .region::<LockedFreeList>("locked_list")
+        .map_err(|e| err(&e))?;
+    locked.stack.fill();
+    let control = seg.region::<RunControl>("control").map_err(|e| err(&e))?;
 
     // Correctness first: every slot can be had once, and comes back.
-    let all: Vec<_> = (0..SLOTS)
-        .map(|_| procs.acquire(Kind::Backend))
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
-    if procs.acquire(Kind::Backend).is_ok() {
-        return Err("acquired more slots than exist".into());
+    for array in [procs, single] {
+        let all: Vec<_> = (0..SLOTS)
+            .map(|_| array.acquire(Kind::Backend))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        if array.acquire(Kind::Backend).is_ok() {
+            return Err("acquired more slots than exist".into());
+        }
+        drop(all);
     }
-    drop(all);
 
     let budget = opts.budget();
-    // The bare lock-free list, for a like-for-like comparison with the
-    // baselines, which manage indices and nothing else.
-    let bare_head = AtomicU64::new(0);
-    let bare_links: Vec<AtomicU32> = (0..SLOTS).map(|_| AtomicU32::new(0)).collect();
     let ours = Figure::new(
         "slot_acquire_release_ns",
         mean_ns(budget, || {
@@ -136,6 +312,37 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
         }),
         "ns",
     );
+    let mutex_list = std::sync::Mutex::new((0..SLOTS).collect::<Vec<u32>>());
+    let mutex_cycle = || {
+        let i = mutex_list
+            .lock()
+            .expect("unpoisoned")
+            .pop()
+            .expect("a free slot");
+        mirror[i as usize].take();
+        mirror[i as usize].release();
+        mutex_list.lock().expect("unpoisoned").push(i);
+    };
+    let mutex = Figure::new(
+        "mutex_freelist_acquire_release_ns",
+        mean_ns(budget, mutex_cycle),
+        "ns",
+    );
+    let spinlock = Figure::new(
+        "spinlock_freelist_acquire_release_ns",
+        mean_ns(budget, || spin_cycle(spin, mirror).expect("a free slot")),
+        "ns",
+    );
+    let shmlock = Figure::new(
+        "shmlock_freelist_acquire_release_ns",
+        mean_ns(budget, || {
+            locked_cycle(locked, mirror).expect("a free slot")
+        }),
+        "ns",
+    );
+    // The bare lists, indices only.
+    let bare_head = AtomicU64::new(0);
+    let bare_links: Vec<AtomicU32> = (0..SLOTS).map(|_| AtomicU32::new(0)).collect();
     let free_list = proclist::FreeList::new(&bare_head, &bare_links);
     free_list.fill();
     let bare = Figure::new(
@@ -146,9 +353,8 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
         }),
         "ns",
     );
-    let mutex_list = std::sync::Mutex::new((0..SLOTS).collect::<Vec<u32>>());
-    let mutex = Figure::new(
-        "mutex_freelist_acquire_release_ns",
+    let mutex_bare = Figure::new(
+        "mutex_bare_pop_push_ns",
         mean_ns(budget, || {
             let i = mutex_list
                 .lock()
@@ -159,94 +365,136 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
         }),
         "ns",
     );
-    let spinlock = Figure::new(
-        "spinlock_freelist_acquire_release_ns",
-        mean_ns(budget, || {
-            let i = spin.pop().expect("a free slot");
-            spin.push(i);
-        }),
-        "ns",
-    );
 
-    // Two processes, one per CPU, hammering the same list.
-    let slot_procs = contended_processes(control, budget, || {
-        let g = procs.acquire(Kind::Backend).map_err(|_| ())?;
-        drop(g);
-        Ok(())
-    })?;
-    let slot_procs = Figure::new("slot_contended_mops", slot_procs, "mops");
-    let spin_procs = contended_processes(control, budget, || {
-        let i = spin.pop().ok_or(())?;
-        spin.push(i);
-        Ok(())
-    })?;
-    let spin_procs = Figure::new("spinlock_freelist_contended_mops", spin_procs, "mops");
+    // Processes: 1, 2, 4 and 8, each variant in turn at each count.
+    let mut scaling = Vec::new();
+    let mut ratios = Vec::new();
+    let mut p2 = None;
+    let mut spin_p2 = None;
+    for n in PROCESS_COUNTS {
+        let (slot_mops, slot_fair) = contended_processes(control, n, budget, || {
+            drop(procs.acquire(Kind::Backend).map_err(|_| ())?);
+            Ok(())
+        })?;
+        let (single_mops, _) = contended_processes(control, n, budget, || {
+            drop(single.acquire(Kind::Backend).map_err(|_| ())?);
+            Ok(())
+        })?;
+        let (locked_mops, locked_fair) =
+            contended_processes(control, n, budget, || locked_cycle(locked, mirror))?;
+        let slot = Figure::new(format!("slot_contended_p{n}_mops"), slot_mops, "mops");
+        let locked = Figure::new(
+            format!("mutex_freelist_contended_p{n}_mops"),
+            locked_mops,
+            "mops",
+        );
+        ratios.push(Figure::ratio(&slot, &locked));
+        if n == 2 {
+            p2 = Some(slot_mops);
+            let (spin_mops, _) =
+                contended_processes(control, n, budget, || spin_cycle(spin, mirror))?;
+            spin_p2 = Some(Figure::new(
+                "spinlock_freelist_contended_mops",
+                spin_mops,
+                "mops",
+            ));
+        }
+        scaling.push(slot);
+        scaling.push(Figure::new(
+            format!("slot_single_list_contended_p{n}_mops"),
+            single_mops,
+            "mops",
+        ));
+        scaling.push(locked);
+        if n > 1 {
+            scaling.push(Figure::new(
+                format!("slot_contended_p{n}_fairness"),
+                slot_fair,
+                "x",
+            ));
+            scaling.push(Figure::new(
+                format!("mutex_freelist_contended_p{n}_fairness"),
+                locked_fair,
+                "x",
+            ));
+        }
+    }
+    let slot_procs = Figure::new("slot_contended_mops", p2.unwrap_or(0.0), "mops");
+    let spin_procs = spin_p2.ok_or("no two-process run")?;
 
     // Threads last: the process must be single-threaded when it forks.
     let slot_threads = contended_threads(budget, || {
         drop(procs.acquire(Kind::Backend).expect("free slot"))
     });
     let slot_threads = Figure::new("slot_contended_2threads_mops", slot_threads, "mops");
-    let mutex_threads = contended_threads(budget, || {
-        let i = mutex_list
-            .lock()
-            .expect("unpoisoned")
-            .pop()
-            .expect("a free slot");
-        mutex_list.lock().expect("unpoisoned").push(i);
-    });
+    let mutex_threads = contended_threads(budget, mutex_cycle);
     let mutex_threads = Figure::new("mutex_freelist_contended_mops", mutex_threads, "mops");
 
-    if procs
-        .count_free_quiescent(Kind::Backend)
-        .map_err(|e| e.to_string())?
-        != SLOTS
-    {
-        return Err("slots were lost during the runs".into());
+    for array in [procs, single] {
+        if array
+            .count_free_quiescent(Kind::Backend)
+            .map_err(|e| e.to_string())?
+            != SLOTS
+        {
+            return Err("slots were lost during the runs".into());
+        }
     }
-    Ok(vec![
+    let mut figures = vec![
         Figure::ratio(&ours, &mutex),
         Figure::ratio(&ours, &spinlock),
-        Figure::ratio(&bare, &mutex),
-        Figure::ratio(&bare, &spinlock),
+        Figure::ratio(&ours, &shmlock),
+        Figure::ratio(&bare, &mutex_bare),
         Figure::ratio(&slot_procs, &spin_procs),
         Figure::ratio(&slot_threads, &mutex_threads),
+    ];
+    figures.extend(ratios);
+    figures.extend([
         ours,
-        bare,
         mutex,
         spinlock,
+        shmlock,
+        bare,
+        mutex_bare,
         slot_procs,
         spin_procs,
         slot_threads,
         mutex_threads,
-    ])
+    ]);
+    figures.extend(scaling);
+    Ok(figures)
 }
 
-/// Two forked processes pinned to CPUs 0 and 1 run `op` until told to
-/// stop; returns millions of operations per second in total.
+/// `n` forked processes, pinned round-robin to the CPUs, run `op` until
+/// told to stop; returns millions of operations per second in total, and
+/// the slowest process's count over the fastest's.
 fn contended_processes(
     control: &RunControl,
+    n: usize,
     budget: Duration,
     op: impl Fn() -> Result<(), ()>,
-) -> Result<f64, String> {
+) -> Result<(f64, f64), String> {
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
     // Relaxed: reset before the children exist.
     control.stop.store(0, Ordering::Relaxed);
     control.ready.store(0, Ordering::Relaxed);
     control.errors.store(0, Ordering::Relaxed);
+    for ops in &control.ops {
+        ops.store(0, Ordering::Relaxed);
+    }
     let mut children = Vec::new();
-    for cpu in 0..2 {
+    for me in 0..n.min(MAX_PROCESSES) {
         // SAFETY: the CLI process is single-threaded here (thread benches
         // run after every fork), so the child may do anything.
         match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
             ForkResult::Child => {
-                let _ = pin_to_cpu(cpu);
+                let _ = pin_to_cpu(me % cpus);
                 // Relaxed: a start barrier on one counter; the list under
                 // test carries its own ordering.
                 control.ready.fetch_add(1, Ordering::Relaxed);
-                while control.ready.load(Ordering::Relaxed) < 2 {
+                while control.ready.load(Ordering::Relaxed) < n as u32 {
                     spin_loop();
                 }
-                let mut n = 0u64;
+                let mut count = 0u64;
                 // Relaxed: a stop flag; nothing is published with it.
                 while control.stop.load(Ordering::Relaxed) == 0 {
                     for _ in 0..64 {
@@ -255,17 +503,17 @@ fn contended_processes(
                             control.errors.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    n += 64;
+                    count += 64;
                 }
                 // Release: pairs with the parent's acquire load after waitpid.
-                control.ops[cpu].store(n, Ordering::Release);
+                control.ops[me].store(count, Ordering::Release);
                 std::process::exit(0);
             }
             ForkResult::Parent { child } => children.push(child),
         }
     }
     // Relaxed: see the children's barrier.
-    while control.ready.load(Ordering::Relaxed) < 2 {
+    while control.ready.load(Ordering::Relaxed) < n as u32 {
         std::thread::yield_now();
     }
     let start = Instant::now();
@@ -285,8 +533,21 @@ fn contended_processes(
     }
     // Acquire: pairs with each child's release store of its count (waitpid
     // orders it too).
-    let total: u64 = control.ops.iter().map(|o| o.load(Ordering::Acquire)).sum();
-    Ok(total as f64 / elapsed / 1e6)
+    let counts: Vec<u64> = control.ops[..n]
+        .iter()
+        .map(|o| o.load(Ordering::Acquire))
+        .collect();
+    let total: u64 = counts.iter().sum();
+    let (min, max) = (
+        counts.iter().copied().min().unwrap_or(0),
+        counts.iter().copied().max().unwrap_or(0),
+    );
+    let fairness = if max == 0 {
+        0.0
+    } else {
+        min as f64 / max as f64
+    };
+    Ok((total as f64 / elapsed / 1e6, fairness))
 }
 
 /// Two threads run `op` for `budget`; returns millions of ops per second.
