@@ -10,16 +10,72 @@
 //! The rings are tiny so that both ends block on every other message:
 //! full and empty, and the quarter-ring rule reduced to a single cell.
 //!
+//! Each model also checks, from the ends' own counters ([`Stats`]), that
+//! loom reached the interleavings in which an end actually waited, so a
+//! model cannot pass by never putting anyone to sleep.
+//!
 //! Run with:
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p latch --release --test loom_channel`
+//!
+//! CI runs that. The two-producer MPSC model takes minutes at two
+//! preemptions, so it runs at one there; its `_deep` twin is `#[ignore]`d:
+//! add `-- --include-ignored` to run it too (about five minutes of CPU).
 #![cfg(loom)]
 
+use std::collections::BTreeSet;
+
+use latch::channel::Stats;
 use latch::channel::mpsc::{self, ProducerLatches};
 use latch::channel::{Latches, bytes, spsc};
 use latch::{Latch, SpinPolicy, WaitOptions};
 use loom::sync::Arc;
 use loom::thread;
 use shmem::ring::{ByteStorage, MpscStorage, SpscStorage};
+
+/// Interleaving classes reached, gathered across loom's iterations in
+/// plain (unmodelled) memory, so loom neither sees nor resets it.
+#[derive(Clone, Default)]
+struct Reached(std::sync::Arc<std::sync::Mutex<BTreeSet<&'static str>>>);
+
+impl Reached {
+    fn note(&self, class: &'static str) {
+        self.0.lock().expect("not poisoned").insert(class);
+    }
+
+    /// Notes `class` if the end whose counters are `stats` waited.
+    fn note_waits(&self, stats: Stats, class: &'static str) {
+        if stats.waits > 0 {
+            self.note(class);
+        }
+    }
+}
+
+/// Runs `model` under loom with at most `bound` preemptions (`None`: as
+/// `LOOM_MAX_PREEMPTIONS` says), then checks that every class in
+/// `expected` was reached by some iteration.
+fn explore(
+    bound: Option<usize>,
+    expected: &[&'static str],
+    model: impl Fn(&Reached) + Sync + Send + 'static,
+) {
+    let mut builder = loom::model::Builder::new();
+    if let Some(bound) = bound {
+        builder.preemption_bound = Some(builder.preemption_bound.map_or(bound, |n| n.min(bound)));
+    }
+    let reached = Reached::default();
+    let inside = reached.clone();
+    builder.check(move || model(&inside));
+    let reached = reached.0.lock().expect("not poisoned");
+    for class in expected {
+        assert!(
+            reached.contains(class),
+            "loom never reached `{class}` (only {reached:?}): the model is not exploring"
+        );
+    }
+}
+
+const SENDER_WAITED: &str = "the sender waited";
+const RECEIVER_WAITED: &str = "the receiver waited";
 
 /// The sender's and the receiver's latch, owned up front (modelled threads
 /// share one pid, so ownership is per "process" = the whole model).
@@ -60,9 +116,10 @@ struct SpscScene {
 }
 
 /// `count` messages through an SPSC ring of `capacity`, blocking on both
-/// sides; asserts FIFO and exactly once.
+/// sides; asserts FIFO and exactly once, and that each side waited in some
+/// interleaving.
 fn spsc_stream(capacity: usize, count: u32, options: WaitOptions) {
-    loom::model(move || {
+    explore(None, &[SENDER_WAITED, RECEIVER_WAITED], move |reached| {
         let scene = Arc::new(SpscScene {
             storage: SpscStorage::new(capacity).expect("storage"),
             latches: Pair::new(),
@@ -75,13 +132,15 @@ fn spsc_stream(capacity: usize, count: u32, options: WaitOptions) {
             for i in 0..count {
                 tx.send(i, None).expect("send");
             }
+            tx.stats()
         });
         let consumer = scene.storage.ring().consumer(2).expect("consumer");
         let mut rx = spsc::Receiver::new(consumer, scene.latches.receiver()).with_options(options);
         for i in 0..count {
             assert_eq!(rx.recv(None).expect("recv"), i);
         }
-        sender.join().expect("sender");
+        reached.note_waits(sender.join().expect("sender"), SENDER_WAITED);
+        reached.note_waits(rx.stats(), RECEIVER_WAITED);
     });
 }
 
@@ -106,7 +165,7 @@ fn spsc_with_a_spin_before_sleeping_loses_no_wakeup() {
 
 #[test]
 fn spsc_slices_lose_no_wakeup() {
-    loom::model(|| {
+    explore(None, &[SENDER_WAITED, RECEIVER_WAITED], |reached| {
         let scene = Arc::new(SpscScene {
             storage: SpscStorage::new(2).expect("storage"),
             latches: Pair::new(),
@@ -121,6 +180,7 @@ fn spsc_slices_lose_no_wakeup() {
             while sent < values.len() {
                 sent += tx.send_slice(&values[sent..], None).expect("send");
             }
+            tx.stats()
         });
         let consumer = scene.storage.ring().consumer(2).expect("consumer");
         let mut rx = spsc::Receiver::new(consumer, scene.latches.receiver())
@@ -131,7 +191,8 @@ fn spsc_slices_lose_no_wakeup() {
             got += rx.recv_slice(&mut out[got..], None).expect("recv");
         }
         assert_eq!(out, [0, 1, 2]);
-        sender.join().expect("sender");
+        reached.note_waits(sender.join().expect("sender"), SENDER_WAITED);
+        reached.note_waits(rx.stats(), RECEIVER_WAITED);
     });
 }
 
@@ -141,11 +202,13 @@ struct MpscScene {
     receiver: Latch,
 }
 
+const PRODUCER_WAITED: &str = "a producer waited on the full ring";
+
 /// `producers` producers, each sending `per_producer` messages into a
 /// ring of `capacity`, and a blocking receiver; per-producer FIFO, exactly
-/// once.
-fn mpsc_stream(producers: u32, capacity: usize, per_producer: u32) {
-    loom::model(move || {
+/// once. `bound` caps the preemptions (see [`explore`]).
+fn mpsc_stream(bound: Option<usize>, producers: u32, capacity: usize, per_producer: u32) {
+    explore(bound, &[PRODUCER_WAITED, RECEIVER_WAITED], move |reached| {
         let scene = Arc::new(MpscScene {
             storage: MpscStorage::new(capacity).expect("storage"),
             waiters: ProducerLatches::new(),
@@ -163,6 +226,7 @@ fn mpsc_stream(producers: u32, capacity: usize, per_producer: u32) {
                     for i in 0..per_producer {
                         tx.send(k << 16 | i, None).expect("send");
                     }
+                    tx.stats()
                 })
             })
             .collect();
@@ -177,26 +241,38 @@ fn mpsc_stream(producers: u32, capacity: usize, per_producer: u32) {
             next[k] += 1;
         }
         for thread in threads {
-            thread.join().expect("producer");
+            reached.note_waits(thread.join().expect("producer"), PRODUCER_WAITED);
         }
+        reached.note_waits(rx.stats(), RECEIVER_WAITED);
         assert_eq!(scene.waiters.waiting(), 0, "every producer withdrew");
     });
 }
 
 /// Both producers meet a full ring (one cell), so at least one of them
 /// sleeps until the receiver's quarter-ring check finds its waiting bit.
-/// The largest model here (minutes at two preemptions); two messages each
-/// did not finish in half an hour.
+/// The largest model here: minutes at two preemptions (two messages each
+/// did not finish in half an hour), so CI runs it at one, which still
+/// reaches a producer asleep on the full ring; the `_deep` twin below runs
+/// it at `LOOM_MAX_PREEMPTIONS`.
 #[test]
 fn mpsc_two_producers_on_a_one_cell_ring_lose_no_wakeup() {
-    mpsc_stream(2, 1, 1);
+    mpsc_stream(Some(1), 2, 1, 1);
+}
+
+/// Run with `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p
+/// latch --release --test loom_channel -- --ignored` (about five minutes of
+/// CPU).
+#[test]
+#[ignore = "deep: minutes at LOOM_MAX_PREEMPTIONS=2; CI runs the bounded twin"]
+fn mpsc_two_producers_on_a_one_cell_ring_lose_no_wakeup_deep() {
+    mpsc_stream(None, 2, 1, 1);
 }
 
 /// One producer through the MPSC ring and its waiting mask, full on every
 /// other message.
 #[test]
 fn mpsc_one_producer_three_messages_on_a_one_cell_ring_lose_no_wakeup() {
-    mpsc_stream(1, 1, 3);
+    mpsc_stream(None, 1, 1, 3);
 }
 
 struct ByteScene {
@@ -216,7 +292,7 @@ fn byte_scene() -> Arc<ByteScene> {
 /// sleeps on the empty ring wakes it to see `Detached`.
 #[test]
 fn bytes_sender_detach_wakes_a_sleeping_receiver_after_the_drain() {
-    loom::model(|| {
+    explore(None, &[RECEIVER_WAITED], |reached| {
         let scene = byte_scene();
         let sending = scene.clone();
         let sender = thread::spawn(move || {
@@ -233,6 +309,7 @@ fn bytes_sender_detach_wakes_a_sleeping_receiver_after_the_drain() {
         assert_eq!(&*rx.recv(None).expect("recv"), b"one");
         assert_eq!(&*rx.recv(None).expect("recv"), b"two");
         assert!(matches!(rx.recv(None), Err(bytes::RecvError::Detached)));
+        reached.note_waits(rx.stats(), RECEIVER_WAITED);
         sender.join().expect("sender");
     });
 }
@@ -241,7 +318,7 @@ fn bytes_sender_detach_wakes_a_sleeping_receiver_after_the_drain() {
 /// it; the send either got in before the detach or reports it.
 #[test]
 fn bytes_receiver_detach_wakes_a_sender_asleep_on_a_full_ring() {
-    loom::model(|| {
+    explore(None, &[SENDER_WAITED], |reached| {
         let scene = byte_scene();
         let sending = scene.clone();
         let sender = thread::spawn(move || {
@@ -253,13 +330,14 @@ fn bytes_receiver_detach_wakes_a_sender_asleep_on_a_full_ring() {
                 Ok(()) | Err(bytes::SendError::Detached) => {}
                 Err(e) => panic!("unexpected {e:?}"),
             }
+            tx.stats()
         });
         let ring = scene.storage.ring().receiver(2).expect("receiver");
         let mut rx = bytes::Receiver::new(ring, scene.latches.receiver())
             .with_options(WaitOptions::no_spin());
         assert_eq!(&*rx.recv(None).expect("recv"), b"fills it");
         rx.detach();
-        sender.join().expect("sender");
+        reached.note_waits(sender.join().expect("sender"), SENDER_WAITED);
     });
 }
 
@@ -269,7 +347,7 @@ fn bytes_receiver_detach_wakes_a_sender_asleep_on_a_full_ring() {
 /// sender. Without it both ends sleep forever.
 #[test]
 fn bytes_a_message_as_long_as_the_ring_waits_for_the_drain() {
-    loom::model(|| {
+    explore(None, &[SENDER_WAITED], |reached| {
         let scene = Arc::new(ByteScene {
             // 64 bytes, a quarter is 16: an empty message's 8-byte frame
             // crosses no quarter boundary.
@@ -283,12 +361,13 @@ fn bytes_a_message_as_long_as_the_ring_waits_for_the_drain() {
                 .with_options(WaitOptions::no_spin());
             tx.send(b"", None).expect("send");
             tx.send(&[7; 56], None).expect("send"); // a 64-byte frame
+            tx.stats()
         });
         let ring = scene.storage.ring().receiver(2).expect("receiver");
         let mut rx = bytes::Receiver::new(ring, scene.latches.receiver())
             .with_options(WaitOptions::no_spin());
         assert!(rx.recv(None).expect("recv").is_empty());
         assert_eq!(&*rx.recv(None).expect("recv"), &[7; 56]);
-        sender.join().expect("sender");
+        reached.note_waits(sender.join().expect("sender"), SENDER_WAITED);
     });
 }
