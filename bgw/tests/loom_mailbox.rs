@@ -11,6 +11,11 @@
 //! model fails if loom never reached the interleavings it names.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=/work/target-loom-mail cargo test -p bgw --release --test loom_mailbox`
+//!
+//! Each model takes minutes of CPU at two preemptions, so CI runs it at
+//! one (a few seconds, and every named interleaving is still reached); its
+//! `_deep` twin, `#[ignore]`d, runs at `LOOM_MAX_PREEMPTIONS`: add
+//! `-- --include-ignored` to the command above (about five minutes of CPU).
 #![cfg(loom)]
 
 use std::collections::BTreeSet;
@@ -69,14 +74,23 @@ impl Reached {
     }
 }
 
-/// Runs `model` under loom, then checks that every class in `expected` was
-/// reached by some iteration.
-fn explore(expected: &[&'static str], model: impl Fn(&Reached) + Sync + Send + 'static) {
+/// Runs `model` under loom with at most `bound` preemptions (`None`: as
+/// `LOOM_MAX_PREEMPTIONS` says), then checks that every class in
+/// `expected` was reached by some iteration.
+fn explore(
+    bound: Option<usize>,
+    expected: &[&'static str],
+    model: impl Fn(&Reached) + Sync + Send + 'static,
+) {
+    let mut builder = loom::model::Builder::new();
+    if let Some(bound) = bound {
+        builder.preemption_bound = Some(builder.preemption_bound.map_or(bound, |n| n.min(bound)));
+    }
     let reached = Reached::default();
     let inside = reached.clone();
     let iterations = std::sync::Arc::new(std::sync::Mutex::new(0usize));
     let counter = iterations.clone();
-    loom::model(move || {
+    builder.check(move || {
         *counter.lock().expect("not poisoned") += 1;
         model(&inside)
     });
@@ -93,12 +107,26 @@ fn explore(expected: &[&'static str], model: impl Fn(&Reached) + Sync + Send + '
     }
 }
 
+/// The preemption bound CI runs these models at; see the module docs.
+const CI_BOUND: Option<usize> = Some(1);
+
 /// A server answers two calls, one from each of two callers, echoing the
 /// request. Each caller gets the reply to its own call, whichever call the
 /// server took first, and nobody sleeps through a message.
 #[test]
 fn two_callers_each_get_their_own_reply() {
+    two_callers(CI_BOUND);
+}
+
+#[test]
+#[ignore = "deep: minutes at LOOM_MAX_PREEMPTIONS=2; CI runs the bounded twin"]
+fn two_callers_each_get_their_own_reply_deep() {
+    two_callers(None);
+}
+
+fn two_callers(bound: Option<usize>) {
     explore(
+        bound,
         &["caller 1 served first", "caller 2 served first"],
         |reached| {
             let storage = Arc::new(MailboxStorage::new(3, 2));
@@ -159,7 +187,18 @@ fn two_callers_each_get_their_own_reply() {
 /// aside or left it in the ring.
 #[test]
 fn a_cast_during_a_call_is_kept_for_recv() {
+    cast_during_a_call(CI_BOUND);
+}
+
+#[test]
+#[ignore = "deep: minutes at LOOM_MAX_PREEMPTIONS=2; CI runs the bounded twin"]
+fn a_cast_during_a_call_is_kept_for_recv_deep() {
+    cast_during_a_call(None);
+}
+
+fn cast_during_a_call(bound: Option<usize>) {
     explore(
+        bound,
         &[
             "the call kept the cast aside",
             "the cast was still in the ring",
