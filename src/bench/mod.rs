@@ -9,6 +9,7 @@
 
 mod bgw;
 mod latch;
+mod mailbox;
 mod ring;
 mod segment;
 mod slots;
@@ -77,6 +78,7 @@ const GROUPS: &[Group] = &[
     ("ring", ring::run),
     ("slots", slots::run),
     ("bgw", bgw::run),
+    ("mailbox", mailbox::run),
 ];
 
 /// Runs every group whose name contains `filter` (all if `None`) and

@@ -134,7 +134,10 @@ pub fn sleeper_loop(ctx: &WorkerContext<'_>) -> WorkerResult {
             record(ctx, "stop", "");
             return Ok(WorkerExit::Done);
         }
-        ctx.wait(None);
+        // An orphan must go: every later wait would return at once.
+        if ctx.wait(None) == latch::Wake::PostmasterDied {
+            return Ok(WorkerExit::Restart);
+        }
     }
 }
 
