@@ -18,10 +18,21 @@
 //!   every 250 ms and counts a batch, the PGQ ticker's job.
 //! - `flaky` (no shared memory) fails after a second and is restarted with
 //!   a growing backoff by its supervision group.
+//! - `echo` registers its name and answers every call with the request
+//!   (`postmaster call echo hello`).
+//! - `scheduler` runs cron jobs as dynamic workers, keeping their history
+//!   in shared memory (`postmaster jobs list`); see [`crate::scheduler`].
+//!   The demo's job runs every three seconds and fails now and then, to
+//!   show its retries.
+//!
+//! `ticker` also answers `status` calls (`postmaster call ticker status`).
+//! With `--calm` nothing is killed: the postmaster runs until the duration
+//! ends or Ctrl-C, for driving it by hand from another shell.
 //!
 //! Ctrl-C (or the end of `--duration`) asks for a fast shutdown; the
 //! summary follows and the segment is gone.
 
+use std::cell::RefCell;
 use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -31,8 +42,10 @@ use bgw::spec::OnCrash;
 use bgw::statem::{Event, EventSource, Message, Runner, StateMachine, Transition, WaitResult};
 use bgw::status::{ShownState, WorkerRow};
 use bgw::{
-    Postmaster, Restart, Shared, SharedConfig, WorkerContext, WorkerExit, WorkerResult, WorkerSpec,
+    Endpoint, Postmaster, Restart, Shared, SharedConfig, WorkerContext, WorkerExit, WorkerResult,
+    WorkerSpec,
 };
+use latch::Wake;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -40,6 +53,8 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 use shmem::sync::{AtomicU64, Ordering};
 use shmem::{AttachError, Layout, LayoutBuilder, Segment};
+
+use crate::scheduler::{self, Overlap};
 
 /// The demo's own counters, one cache line.
 #[repr(C, align(128))]
@@ -67,8 +82,12 @@ pub fn shared_config() -> SharedConfig {
 }
 
 fn add_regions(builder: LayoutBuilder) -> LayoutBuilder {
-    builder.region::<DemoCounters>(COUNTERS)
+    scheduler::declare(builder.region::<DemoCounters>(COUNTERS))
 }
+
+/// The job the scheduler starts with: every three seconds, skip a run
+/// that comes due while the last still goes, two retries.
+const DEMO_JOBS: &[(&str, &str, Overlap, u8)] = &[("tick-job", "*/3 * * * * *", Overlap::Skip, 2)];
 
 /// The demo segment's layout, as the postmaster builds it.
 pub fn layout() -> Result<Layout, String> {
@@ -93,7 +112,9 @@ fn counter_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
         // Relaxed: a statistic shown by the watcher.
         counters.count.fetch_add(1, Ordering::Relaxed);
         ctx.heartbeat();
-        ctx.wait(Some(Instant::now() + Duration::from_millis(100)));
+        if ctx.wait(Some(Instant::now() + Duration::from_millis(100))) == Wake::PostmasterDied {
+            return Ok(WorkerExit::Done);
+        }
     }
 }
 
@@ -109,7 +130,9 @@ fn ledger_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
             if ctx.should_stop() {
                 return Ok(WorkerExit::Done);
             }
-            ctx.wait(Some(Instant::now() + Duration::from_millis(400)));
+            if ctx.wait(Some(Instant::now() + Duration::from_millis(400))) == Wake::PostmasterDied {
+                return Ok(WorkerExit::Done);
+            }
             // Relaxed: a statistic.
             counters.ledger.fetch_add(1, Ordering::Relaxed);
         }
@@ -126,9 +149,30 @@ fn flaky_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
         if ctx.should_stop() {
             return Ok(WorkerExit::Done);
         }
-        ctx.wait(Some(until));
+        if ctx.wait(Some(until)) == Wake::PostmasterDied {
+            return Ok(WorkerExit::Done);
+        }
     }
     Err("the demo's deliberate failure".into())
+}
+
+fn echo_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
+    let mut endpoint = ctx.endpoint()?;
+    endpoint.register_name("echo")?;
+    ctx.ready();
+    while !ctx.should_stop() {
+        let Some(message) = endpoint.recv(None)? else {
+            continue;
+        };
+        if let Some(reply_to) = message.reply_to() {
+            endpoint.reply(reply_to, message.payload())?;
+        }
+    }
+    Ok(WorkerExit::Done)
+}
+
+fn scheduler_entry(ctx: &mut WorkerContext<'_>) -> WorkerResult {
+    scheduler::scheduler_main(ctx, DEMO_JOBS)
 }
 
 /// The ticker: one state, whose state timeout counts a batch and re-arms.
@@ -148,10 +192,22 @@ impl StateMachine for Ticker {
 
     fn handle_event(
         &mut self,
-        _state: &&'static str,
+        state: &&'static str,
         event: &Event<&'static str>,
     ) -> Transition<&'static str> {
         match event {
+            Event::Call { from, payload } if payload == b"status" => {
+                // Relaxed: a statistic.
+                let batches = self.batches.load(Ordering::Relaxed);
+                Transition::keep().reply(*from, format!("{state} batches={batches}"))
+            }
+            Event::Call { from, payload } => Transition::keep().reply(
+                *from,
+                format!(
+                    "unknown request {:?}; ask for status",
+                    String::from_utf8_lossy(payload)
+                ),
+            ),
             Event::StateTimeout(_) => {
                 // Relaxed: a statistic.
                 self.batches.fetch_add(1, Ordering::Relaxed);
@@ -162,10 +218,28 @@ impl StateMachine for Ticker {
     }
 }
 
-/// A worker's latch and clock as the state machine's event source (its
-/// mailbox joins when workers get one).
+/// A worker's latch, clock and inbox as the state machine's event source.
 struct WorkerSource<'c, 'a> {
     ctx: &'c WorkerContext<'a>,
+    endpoint: &'c RefCell<Endpoint<'static>>,
+}
+
+/// A statem reply handle carries the caller's inbox address in one word.
+fn to_statem(reply_to: bgw::mailbox::ReplyTo) -> bgw::statem::ReplyTo {
+    bgw::statem::ReplyTo {
+        caller: u64::from(reply_to.to.proc_index) << 32 | u64::from(reply_to.to.generation),
+        correlation: reply_to.correlation,
+    }
+}
+
+fn from_statem(reply_to: bgw::statem::ReplyTo) -> bgw::mailbox::ReplyTo {
+    bgw::mailbox::ReplyTo {
+        to: bgw::mailbox::Address {
+            proc_index: (reply_to.caller >> 32) as u32,
+            generation: reply_to.caller as u32,
+        },
+        correlation: reply_to.correlation,
+    }
 }
 
 impl EventSource for WorkerSource<'_, '_> {
@@ -178,7 +252,15 @@ impl EventSource for WorkerSource<'_, '_> {
     }
 
     fn poll(&mut self) -> Option<Message> {
-        None
+        let message = self.endpoint.borrow_mut().try_recv().ok()??;
+        let payload = message.payload().to_vec();
+        Some(match message.reply_to() {
+            Some(reply_to) => Message::Call {
+                from: to_statem(reply_to),
+                payload,
+            },
+            None => Message::Cast(payload),
+        })
     }
 
     fn wait(&mut self, deadline: Option<Instant>) -> WaitResult {
@@ -196,9 +278,20 @@ impl EventSource for WorkerSource<'_, '_> {
 
 fn ticker_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
     let batches = &counters(ctx)?.batches;
+    let endpoint = RefCell::new(ctx.endpoint()?);
+    endpoint.borrow_mut().register_name("ticker")?;
     let (mut runner, _) = Runner::start(Ticker { batches }, Instant::now());
     ctx.ready();
-    runner.run(&mut WorkerSource { ctx }, |_| {});
+    let mut source = WorkerSource {
+        ctx,
+        endpoint: &endpoint,
+    };
+    runner.run(&mut source, |output| {
+        if let bgw::statem::Output::Reply { to, payload } = output {
+            // A caller that has gone misses its answer; nothing to do.
+            let _ = endpoint.borrow().reply(from_statem(to), &payload);
+        }
+    });
     Ok(WorkerExit::Done)
 }
 
@@ -212,7 +305,10 @@ fn run_postmaster(name: &str) -> ! {
     pm.entry("counter", counter_main)
         .entry("ledger", ledger_main)
         .entry("ticker", ticker_main)
-        .entry("flaky", flaky_main);
+        .entry("flaky", flaky_main)
+        .entry("echo", echo_main)
+        .entry("scheduler", scheduler_entry)
+        .entry(scheduler::JOB_ENTRY, scheduler::job_main);
     let code = (|| -> Result<i32, bgw::PostmasterError> {
         pm.group(
             GroupSpec::new("flaky")
@@ -240,6 +336,16 @@ fn run_postmaster(name: &str) -> ! {
         )?;
         pm.register(WorkerSpec::new("ticker").restart(restart))?;
         pm.register(
+            WorkerSpec::new("echo")
+                .restart(restart)
+                .on_crash(OnCrash::Contain),
+        )?;
+        pm.register(
+            WorkerSpec::new("scheduler")
+                .restart(restart)
+                .on_crash(OnCrash::Contain),
+        )?;
+        pm.register(
             WorkerSpec::new("flaky")
                 .group("flaky")
                 .shmem(false)
@@ -257,7 +363,7 @@ fn run_postmaster(name: &str) -> ! {
 }
 
 /// Runs the demo.
-pub fn run(name: &str, duration: Duration) -> Result<(), String> {
+pub fn run(name: &str, duration: Duration, calm: bool) -> Result<(), String> {
     let layout = layout()?;
     match Segment::attach(name, &layout) {
         Err(AttachError::NotFound { .. }) => {}
@@ -290,7 +396,7 @@ pub fn run(name: &str, duration: Duration) -> Result<(), String> {
         .map_err(|e| format!("blocking signals: {e}"))?;
     let sigfd = SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {e}"))?;
-    let outcome = watch(name, &layout, pm, &sigfd, duration);
+    let outcome = watch(name, &layout, pm, &sigfd, duration, calm);
     // However the watch ended, the postmaster goes too.
     let _ = kill(pm, Signal::SIGINT);
     let status = waitpid(pm, None);
@@ -318,6 +424,7 @@ fn watch(
     pm: Pid,
     sigfd: &SignalFd,
     duration: Duration,
+    calm: bool,
 ) -> Result<String, String> {
     let start = Instant::now();
     let segment = loop {
@@ -337,9 +444,10 @@ fn watch(
         .map_err(|e| e.to_string())?;
     let terminal = std::io::stdout().is_terminal();
     let deadline = start + duration;
+    // A calm demo stages nothing: the kills count as done already.
     let mut staged = [
-        (duration / 3, "counter", false),
-        (duration * 2 / 3, "ledger", false),
+        (duration / 3, "counter", calm),
+        (duration * 2 / 3, "ledger", calm),
     ];
     let mut interrupted = false;
     loop {
@@ -431,17 +539,27 @@ fn print_table(
         demo.batches.load(Ordering::Relaxed),
         demo.ledger.load(Ordering::Relaxed),
     ));
-    out.push_str(&table(&rows));
+    out.push_str(&table(shared, &rows));
     print!("{out}");
     let _ = std::io::stdout().flush();
 }
 
+/// Messages waiting in the inbox of the process `pid`, if it holds a
+/// proc slot.
+pub fn inbox_depth(shared: &Shared<'_>, pid: u32) -> Option<usize> {
+    if pid == 0 {
+        return None;
+    }
+    let (index, _) = shared.procs.find_pid(pid)?;
+    shared.mail.ring(index)?.len().ok()
+}
+
 /// The status table, one line per worker.
-pub fn table(rows: &[WorkerRow]) -> String {
+pub fn table(shared: &Shared<'_>, rows: &[WorkerRow]) -> String {
     let now = bgw::status::monotonic_ns();
     let mut out = format!(
-        "  {:<12} {:<8} {:>7} {:<9} {:>8} {:<14} {:>8}\n",
-        "worker", "group", "pid", "state", "restarts", "last exit", "uptime"
+        "  {:<12} {:<8} {:>7} {:<9} {:>8} {:<14} {:>8} {:>5}\n",
+        "worker", "group", "pid", "state", "restarts", "last exit", "uptime", "inbox"
     );
     for r in rows {
         let uptime = if r.started_at_ns == 0 || r.state == ShownState::Waiting {
@@ -450,7 +568,7 @@ pub fn table(rows: &[WorkerRow]) -> String {
             format!("{:.1}s", now.saturating_sub(r.started_at_ns) as f64 / 1e9)
         };
         out.push_str(&format!(
-            "  {:<12} {:<8} {:>7} {:<9} {:>8} {:<14} {:>8}\n",
+            "  {:<12} {:<8} {:>7} {:<9} {:>8} {:<14} {:>8} {:>5}\n",
             r.name,
             r.group,
             if r.pid == 0 {
@@ -461,7 +579,8 @@ pub fn table(rows: &[WorkerRow]) -> String {
             r.state.name(),
             r.restarts,
             r.last_exit.map_or("-".to_owned(), |e| e.to_string()),
-            uptime
+            uptime,
+            inbox_depth(shared, r.pid).map_or("-".to_owned(), |d| d.to_string())
         ));
     }
     out

@@ -1,36 +1,27 @@
 //! `postmaster status`: attach read-only to a running demo postmaster's
 //! segment and print its workers, as a table or as JSON.
 //!
-//! The JSON is one object per call, stable across versions:
-//! `{"generation":N,"resets":N,"containments":N,"restarts":N,"workers":[
-//! {"name":S,"group":S,"pid":N,"state":S,"restarts":N,"starts":N,
-//! "last_exit":null|{"code":N}|{"signal":N},"uptime_s":N|null}]}`,
-//! where `state` is one of waiting, backoff, starting, running, ready,
-//! stopping.
+//! The JSON is one object per call, stable across versions (fields are
+//! only ever added):
+//! `{"pid":N,"generation":N,"resets":N,"containments":N,"restarts":N,
+//! "workers":[{"name":S,"group":S,"pid":N,"state":S,"restarts":N,
+//! "starts":N,"last_exit":null|{"code":N}|{"signal":N},"uptime_s":N|null,
+//! "inbox":N|null}]}`, where `state` is one of waiting, backoff, starting,
+//! running, ready, stopping, stopped (by an operator), and `inbox` is the
+//! number of messages waiting for the worker (null when it has no inbox).
 
 use std::time::Duration;
 
 use bgw::Shared;
 use bgw::status::WorkerRow;
-use shmem::{AttachError, Segment};
+use shmem::Segment;
 
-use crate::demo;
+use crate::{control, demo};
 
 /// Prints the status once, or every second with `watch` until Ctrl-C.
 pub fn run(name: &str, json: bool, watch: bool) -> Result<(), String> {
-    let layout = demo::layout()?;
-    let segment = Segment::attach(name, &layout).map_err(|e| match e {
-        AttachError::NotFound { .. } => format!(
-            "no postmaster is running with segment {name:?}; start one with \
-             `postmaster demo --name {name}`"
-        ),
-        AttachError::Stale { .. } => format!(
-            "segment {name:?} was left by a postmaster that died; remove it with \
-             `postmaster cleanup --name {name}`"
-        ),
-        other => other.to_string(),
-    })?;
-    let shared = Shared::attach(&segment, &demo::shared_config()).map_err(|e| e.to_string())?;
+    let segment = control::attach(name)?;
+    let shared = control::shared(&segment)?;
     loop {
         let rows = bgw::status::read_all(shared.status);
         let counters = shared.control.counters();
@@ -45,7 +36,7 @@ pub fn run(name: &str, json: bool, watch: bool) -> Result<(), String> {
                 counters.containments,
                 counters.restarts
             );
-            print!("{}", demo::table(&rows));
+            print!("{}", demo::table(&shared, &rows));
         }
         if !watch {
             return Ok(());
@@ -77,10 +68,12 @@ fn to_json(segment: &Segment, shared: &Shared<'_>, rows: &[WorkerRow]) -> String
             } else {
                 format!("{:.3}", now.saturating_sub(r.started_at_ns) as f64 / 1e9)
             };
+            let inbox =
+                demo::inbox_depth(shared, r.pid).map_or("null".to_owned(), |d| d.to_string());
             // Names are [A-Za-z0-9_.-] (validated), so they need no escaping.
             format!(
                 "{{\"name\":\"{}\",\"group\":\"{}\",\"pid\":{},\"state\":\"{}\",\"restarts\":{},\
-                 \"starts\":{},\"last_exit\":{last_exit},\"uptime_s\":{uptime}}}",
+                 \"starts\":{},\"last_exit\":{last_exit},\"uptime_s\":{uptime},\"inbox\":{inbox}}}",
                 r.name,
                 r.group,
                 r.pid,
@@ -91,7 +84,8 @@ fn to_json(segment: &Segment, shared: &Shared<'_>, rows: &[WorkerRow]) -> String
         })
         .collect();
     format!(
-        "{{\"generation\":{},\"resets\":{},\"containments\":{},\"restarts\":{},\"workers\":[{}]}}",
+        "{{\"pid\":{},\"generation\":{},\"resets\":{},\"containments\":{},\"restarts\":{},\"workers\":[{}]}}",
+        shared.control.postmaster_pid(),
         segment.generation(),
         counters.resets,
         counters.containments,
