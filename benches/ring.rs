@@ -38,7 +38,7 @@ struct Figure;
 
 #[allow(dead_code)]
 impl Figure {
-    fn new(_name: &str, _value: f64, _unit: &'static str) -> Self {
+    fn new(_name: impl Into<String>, _value: f64, _unit: &'static str) -> Self {
         Self
     }
     fn ratio(_ours: &Figure, _peer: &Figure) -> Self {

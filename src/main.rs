@@ -125,8 +125,12 @@ enum Command {
         /// Short runs: the whole suite in well under a minute.
         #[arg(long)]
         quick: bool,
+        /// Print one JSON document of every figure and ratio at the end
+        /// (stable; see the docs of `postmaster bench`).
+        #[arg(long)]
+        json: bool,
         /// Run only the groups whose name contains this (segment, latch, ring,
-        /// slots, bgw, mailbox).
+        /// slots, bgw, mailbox, pingpong; iceoryx2 with `--features peers`).
         filter: Option<String>,
     },
 }
@@ -193,9 +197,11 @@ fn main() -> ExitCode {
         },
         Command::Status { name, json, watch } => status::run(&name, json, watch),
         Command::Cleanup { name } => status::cleanup(&name),
-        Command::Bench { quick, filter } => {
-            bench::run(&bench::BenchOpts { quick }, filter.as_deref())
-        }
+        Command::Bench {
+            quick,
+            json,
+            filter,
+        } => bench::run(&bench::BenchOpts { quick, json }, filter.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

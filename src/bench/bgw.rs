@@ -13,6 +13,17 @@
 //!
 //! Whatever happens, the postmaster is shut down (SIGINT, then SIGQUIT,
 //! then SIGKILL), reaped, and its segment name removed.
+//!
+//! # Scaling: `worker_start_w{16,64,256}_us`
+//!
+//! The dynamic start of `worker_start_us` again, while 16, 64 or 256 other
+//! static workers are registered and running (asleep on their latches;
+//! `max_workers` is raised to fit them, the registrant and the probe). It
+//! shows what the postmaster's per-iteration work over all its workers
+//! costs a start. On this two-CPU machine 256 processes are far more than
+//! the CPUs: the figure measures how the start degrades with a crowded
+//! process table and slot array, not parallelism. `--quick` plays fewer
+//! rounds ([`QUICK_SCALING_ROUNDS`]).
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +48,12 @@ const MAX_WORKERS: usize = 64;
 
 /// The most dynamic-start rounds one run records.
 const MAX_ROUNDS: usize = 256;
+
+/// Idle workers beside the dynamic starts of the scaling figures.
+const SCALING_IDLE_WORKERS: [usize; 3] = [16, 64, 256];
+
+/// Dynamic-start rounds per scaling figure with `--quick`.
+const QUICK_SCALING_ROUNDS: usize = 30;
 
 /// How long any awaited condition may take before the bench gives up.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -77,6 +94,8 @@ struct Board {
     rounds_done: AtomicU32,
     /// Dynamic start: 1 + the round at which the registrant gave up.
     failed_round: AtomicU32,
+    /// Scaling: idle workers that started (each adds 1, then sleeps).
+    idle_started: AtomicU32,
     /// Dynamic start, per round: register → the probe's entry point ran.
     start_ns: [AtomicU64; MAX_ROUNDS],
     /// Dynamic start, per round: register → `wait_started` returned.
@@ -360,7 +379,10 @@ fn median(values: &mut [f64]) -> f64 {
 /// Runs the group.
 pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     let epoch = Instant::now();
-    let mut figures = worker_start(opts, epoch)?;
+    let mut figures = worker_start(opts, epoch, 0)?;
+    for idle in SCALING_IDLE_WORKERS {
+        figures.extend(worker_start(opts, epoch, idle)?);
+    }
     figures.extend(fork_rate(opts, epoch)?);
     figures.extend(reinit(opts, epoch, 16)?);
     figures.extend(reinit(opts, epoch, 64)?);
@@ -368,13 +390,31 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
 }
 
 /// A registrant worker registers a probe worker, waits for it, terminates
-/// it and waits for its end, `rounds` times.
-fn worker_start(opts: &BenchOpts, epoch: Instant) -> Result<Vec<Figure>, String> {
-    let rounds: usize = if opts.quick { 50 } else { MAX_ROUNDS };
-    let mut pm = PostmasterProcess::start("start", 2, move |pm| {
+/// it and waits for its end, `rounds` times, once `idle` other workers run.
+/// With `idle` 0, `worker_start_us` and its companions; otherwise only
+/// `worker_start_w<idle>_us`.
+fn worker_start(opts: &BenchOpts, epoch: Instant, idle: usize) -> Result<Vec<Figure>, String> {
+    let rounds: usize = match (opts.quick, idle) {
+        (true, 0) => 50,
+        (true, _) => QUICK_SCALING_ROUNDS,
+        (false, _) => MAX_ROUNDS,
+    };
+    let scenario = if idle == 0 {
+        "start".to_owned()
+    } else {
+        format!("start-w{idle}")
+    };
+    let max_workers = idle as u32 + 2;
+    let mut pm = PostmasterProcess::start(&scenario, max_workers, move |pm| {
         pm.entry("probe", move |ctx| probe(ctx, epoch));
-        pm.entry("registrant", move |ctx| registrant(ctx, epoch, rounds));
+        pm.entry("registrant", move |ctx| {
+            registrant(ctx, epoch, rounds, idle)
+        });
+        pm.entry("idle", idle_worker);
         pm.register(WorkerSpec::new("registrant"))?;
+        for i in 0..idle {
+            pm.register(WorkerSpec::new(format!("idle{i}")).entry("idle"))?;
+        }
         Ok(())
     })?;
     let done = wait_for(&mut pm, "the registrant's rounds", |board| {
@@ -418,6 +458,13 @@ fn worker_start(opts: &BenchOpts, epoch: Instant) -> Result<Vec<Figure>, String>
             "the postmaster exited with {code} after a fast shutdown"
         ));
     }
+    if idle > 0 {
+        return Ok(vec![Figure::new(
+            format!("worker_start_w{idle}_us"),
+            median(&mut start),
+            "us",
+        )]);
+    }
     Ok(vec![
         Figure::new("worker_start_us", median(&mut start), "us"),
         Figure::new("worker_start_handle_us", median(&mut handle), "us"),
@@ -425,10 +472,26 @@ fn worker_start(opts: &BenchOpts, epoch: Instant) -> Result<Vec<Figure>, String>
     ])
 }
 
-/// The registrant: one dynamic start and stop per round, timed from its
-/// side and from the probe's.
-fn registrant(ctx: &mut WorkerContext<'_>, epoch: Instant, rounds: usize) -> WorkerResult {
+/// The registrant: once `idle` idle workers run, one dynamic start and stop
+/// per round, timed from its side and from the probe's.
+fn registrant(
+    ctx: &mut WorkerContext<'_>,
+    epoch: Instant,
+    rounds: usize,
+    idle: usize,
+) -> WorkerResult {
     let board = board_of(ctx)?;
+    let deadline = Instant::now() + DEADLINE;
+    // Acquire: pairs with each idle worker's Release increment (nothing
+    // else is read with it; it only says they are all up).
+    while (board.idle_started.load(Ordering::Acquire) as usize) < idle {
+        if Instant::now() > deadline {
+            // Relaxed: a flag, as in the round loop below.
+            board.failed_round.store(1, Ordering::Relaxed);
+            return Err(format!("only some of the {idle} idle workers started").into());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
     for round in 0..rounds {
         if let Err(e) = one_round(ctx, board, epoch, round) {
             // Relaxed: a flag for the bench, which reads nothing else with it.
@@ -478,6 +541,14 @@ fn one_round(
     board.handle_ns[round].store(handle_ns.max(1), Ordering::Relaxed);
     board.start_ns[round].store(started.saturating_sub(registered).max(1), Ordering::Relaxed);
     Ok(())
+}
+
+/// An idle worker of the scaling figures: counts itself, then sleeps until
+/// stopped.
+fn idle_worker(ctx: &mut WorkerContext<'_>) -> WorkerResult {
+    // Release: pairs with the registrant's Acquire load.
+    board_of(ctx)?.idle_started.fetch_add(1, Ordering::Release);
+    sleep_until_stopped(ctx)
 }
 
 /// The probe: reports when it began, then sleeps until terminated.

@@ -22,6 +22,23 @@
 //! `spsc_blocking_waits_per_kmsg` count the latch sets both ends made and
 //! the waits they entered per thousand messages in that run: without the
 //! batched wake-ups every message would cost a set.
+//!
+//! # Scaling: `mpsc_xproc_p{1,2,4,8}_mmsgs`
+//!
+//! The MPSC ring with 1, 2, 4 and 8 producer processes, all pinned to
+//! CPU 1, the consumer on CPU 0 (`mpsc2_xproc_mmsgs`, issue 5's figure, is
+//! the two-producer point of this sweep). This machine has two CPUs, so
+//! from two producers on they take turns on one CPU: the sweep shows how
+//! throughput degrades under oversubscription (a producer preempted
+//! between claiming a cell and publishing it stalls the consumer until it
+//! runs again), not a speed-up. `mpsc_xproc_pN_fairness` says how evenly
+//! the producers got through: when the consumer has taken half of all
+//! messages, the fewest any producer had delivered divided by the most
+//! (1 = perfectly even; the median of the runs).
+//!
+//! `--quick` streams a third as many messages per run as one fifth of the
+//! full run, and takes the best of [`QUICK_REPEATS`] runs instead of
+//! [`REPEATS`].
 
 use std::os::fd::AsFd;
 use std::sync::{Arc, Barrier};
@@ -53,6 +70,51 @@ pub const RING_CAPACITY: usize = 4096;
 /// streams), so single runs vary by several times; the best of five is
 /// what the hardware can do, for every contender alike.
 const REPEATS: usize = 5;
+
+/// Runs per figure with `--quick`.
+const QUICK_REPEATS: usize = 3;
+
+/// The longest one run should stream (see [`fit_count`]).
+fn run_target(opts: &BenchOpts) -> Duration {
+    if opts.quick {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_millis(1500)
+    }
+}
+
+/// The messages for each run of `f`: `count`, or fewer if a short probe
+/// run shows that `count` would stream for longer than `target`. On an
+/// idle machine the counts stand; on a loaded one (spinners sharing their
+/// CPU with other work run many times slower) this keeps `--quick` within
+/// its minute. Rates from different counts compare: each run is long
+/// enough (at least the probe's count) for start-up not to matter.
+fn fit_count(
+    count: u64,
+    target: Duration,
+    f: &dyn Fn(u64) -> Result<Duration, String>,
+) -> Result<u64, String> {
+    fit_count_at_least(count, 0, target, f)
+}
+
+/// [`fit_count`], but never fewer than `floor` messages.
+fn fit_count_at_least(
+    count: u64,
+    floor: u64,
+    target: Duration,
+    f: &dyn Fn(u64) -> Result<Duration, String>,
+) -> Result<u64, String> {
+    let probe = (count / 20).max(20_000).min(count);
+    let took = f(probe)?.as_secs_f64().max(1e-6);
+    let fits = (probe as f64 * target.as_secs_f64() / took) as u64;
+    Ok(fits.clamp(probe.max(floor.min(count)), count))
+}
+
+/// Producer counts of the MPSC scaling sweep.
+pub const SWEEP_PRODUCERS: [usize; 4] = [1, 2, 4, 8];
+
+/// The fewest messages each producer of the sweep sends in one run.
+const SWEEP_PER_PRODUCER: u64 = 50_000;
 
 /// A consumer that sees no progress for this long gives up.
 const STALL: Duration = Duration::from_secs(10);
@@ -120,26 +182,50 @@ impl Message for [u64; 8] {
 /// Runs the group.
 pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     // Messages per run: 6 million per scale unit (pipes and the byte ring
-    // far fewer), so that `--quick` stays around 15 seconds.
-    let scale = if opts.quick { 1 } else { 5 };
+    // far fewer); `--quick` runs a third of one unit, 3 times, so that it
+    // stays around 15 seconds even when the spinners share their CPUs.
+    let (scale, repeats) = if opts.quick {
+        (Scale::Third, QUICK_REPEATS)
+    } else {
+        (Scale::Times(5), REPEATS)
+    };
     let saved =
         sched_getaffinity(Pid::from_raw(0)).map_err(|e| format!("sched_getaffinity: {e}"))?;
-    let figures = measure_all(scale);
+    let figures = measure_all(scale, repeats, run_target(opts));
     // Restore the CLI's own placement for the groups that follow.
     let _ = sched_setaffinity(Pid::from_raw(0), &saved);
     figures
 }
 
-fn measure_all(scale: u64) -> Result<Vec<Figure>, String> {
+/// How many messages a run streams, in scale units.
+#[derive(Clone, Copy)]
+enum Scale {
+    /// A third of a unit (`--quick`).
+    Third,
+    /// This many units.
+    Times(u64),
+}
+
+impl Scale {
+    fn of(self, unit: u64) -> u64 {
+        match self {
+            Self::Third => unit / 3,
+            Self::Times(n) => unit * n,
+        }
+    }
+}
+
+fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Figure>, String> {
     let rate = |count: u64, elapsed: Duration| count as f64 / elapsed.as_secs_f64() / 1e6;
     let best = |count: u64, f: &dyn Fn(u64) -> Result<Duration, String>| -> Result<f64, String> {
+        let count = fit_count(count, target, f)?;
         let mut best = 0f64;
-        for _ in 0..REPEATS {
+        for _ in 0..repeats {
             best = best.max(rate(count, f(count)?));
         }
         Ok(best)
     };
-    let typed = 6_000_000 * scale;
+    let typed = scale.of(6_000_000);
     let spsc = Figure::new(
         "spsc_xproc_mmsgs",
         best(typed, &spsc_xproc::<u64>)?,
@@ -156,9 +242,11 @@ fn measure_all(scale: u64) -> Result<Vec<Figure>, String> {
         "mmsgs",
     );
     let (blocking, blocking_stats) = {
-        let count = typed / 3;
+        let count = fit_count(typed / 3, target, &|c| {
+            spsc_blocking_xproc(c).map(|(elapsed, _)| elapsed)
+        })?;
         let mut best: Option<(Duration, Stats)> = None;
-        for _ in 0..REPEATS {
+        for _ in 0..repeats {
             let run = spsc_blocking_xproc(count)?;
             if best.is_none_or(|(fastest, _)| run.0 < fastest) {
                 best = Some(run);
@@ -178,11 +266,42 @@ fn measure_all(scale: u64) -> Result<Vec<Figure>, String> {
             ],
         )
     };
-    let mpsc = Figure::new(
-        "mpsc2_xproc_mmsgs",
-        best(typed / 2, &mpsc2_xproc::<u64>)?,
-        "mmsgs",
-    );
+    // The MPSC sweep; its two-producer point is issue 5's mpsc2_xproc.
+    let mut sweep = Vec::new();
+    let mut mpsc = None;
+    for producers in SWEEP_PRODUCERS {
+        // Enough messages per producer that the producers sharing CPU 1
+        // take many turns on it (a run shorter than a few scheduler
+        // slices would measure one producer streaming alone): each sends
+        // at least SWEEP_PER_PRODUCER, however loaded the machine is.
+        let count = fit_count_at_least(
+            (typed / 2).max(SWEEP_PER_PRODUCER * producers as u64),
+            SWEEP_PER_PRODUCER * producers as u64,
+            target,
+            &|c| mpsc_xproc::<u64>(producers, c).map(|run| run.elapsed),
+        )?;
+        let (mut fastest, mut fairness) = (0f64, Vec::new());
+        for _ in 0..repeats {
+            let run = mpsc_xproc::<u64>(producers, count)?;
+            fastest = fastest.max(rate(count, run.elapsed));
+            fairness.push(run.fairness);
+        }
+        fairness.sort_by(f64::total_cmp);
+        if producers == 2 {
+            mpsc = Some(Figure::new("mpsc2_xproc_mmsgs", fastest, "mmsgs"));
+        }
+        sweep.push(Figure::new(
+            format!("mpsc_xproc_p{producers}_mmsgs"),
+            fastest,
+            "mmsgs",
+        ));
+        sweep.push(Figure::new(
+            format!("mpsc_xproc_p{producers}_fairness"),
+            fairness[fairness.len() / 2],
+            "frac",
+        ));
+    }
+    let mpsc = mpsc.ok_or("the sweep has no two-producer point")?;
     let mpsc64 = Figure::new(
         "mpsc2_64_xproc_mmsgs",
         best(typed / 4, &mpsc2_xproc::<[u64; 8]>)?,
@@ -205,10 +324,10 @@ fn measure_all(scale: u64) -> Result<Vec<Figure>, String> {
     );
     let pipe = Figure::new(
         "pipe_xproc_mmsgs",
-        best(200_000 * scale, &pipe_xproc)?,
+        best(scale.of(200_000), &pipe_xproc)?,
         "mmsgs",
     );
-    let bytes_count = 200_000 * scale;
+    let bytes_count = scale.of(200_000);
     let bytering = Figure::new(
         "bytering_xproc_mbps",
         best(bytes_count, &bytering_xproc)? * BYTE_MESSAGE as f64,
@@ -224,6 +343,7 @@ fn measure_all(scale: u64) -> Result<Vec<Figure>, String> {
     let mut figures = vec![spsc, spsc64, spsc_batch, blocking];
     figures.extend(blocking_stats);
     figures.extend([mpsc, mpsc64, aq_spsc, aq_mpsc, chan, pipe, bytering]);
+    figures.extend(sweep);
     figures.extend(ratios);
     Ok(figures)
 }
@@ -520,11 +640,17 @@ pub fn spsc_blocking_xproc(count: u64) -> Result<(Duration, Stats), String> {
 }
 
 /// Checks per-producer order of values `producer << 56 | seq`.
-struct TwoProducerCheck {
-    next: [u64; 2],
+struct ProducerCheck {
+    next: Vec<u64>,
 }
 
-impl TwoProducerCheck {
+impl ProducerCheck {
+    fn new(producers: usize) -> Self {
+        Self {
+            next: vec![0; producers],
+        }
+    }
+
     fn tag(producer: u64, seq: u64) -> u64 {
         producer << 56 | seq
     }
@@ -537,29 +663,54 @@ impl TwoProducerCheck {
                 *next += 1;
                 Ok(())
             }
-            _ => Err(format!(
-                "two producers: got {value:#x}, next {:?}",
-                self.next
-            )),
+            _ => Err(format!("producers: got {value:#x}, next {:?}", self.next)),
         }
     }
 
     fn total(&self) -> u64 {
-        self.next[0] + self.next[1]
+        self.next.iter().sum()
     }
+
+    /// The fewest messages any producer delivered so far over the most.
+    fn fairness(&self) -> f64 {
+        let most = self.next.iter().copied().max().unwrap_or(0);
+        let fewest = self.next.iter().copied().min().unwrap_or(0);
+        if most == 0 {
+            1.0
+        } else {
+            fewest as f64 / most as f64
+        }
+    }
+}
+
+/// One run of [`mpsc_xproc`].
+pub struct MpscRun {
+    /// From "go" to the last message.
+    pub elapsed: Duration,
+    /// [`ProducerCheck::fairness`] when half the messages had arrived.
+    pub fairness: f64,
 }
 
 /// MPSC across processes: two producers on CPU 1, the consumer on CPU 0.
 pub fn mpsc2_xproc<T: Message>(count: u64) -> Result<Duration, String> {
+    mpsc_xproc::<T>(2, count).map(|run| run.elapsed)
+}
+
+/// MPSC across processes: `producers` producer processes, all on CPU 1,
+/// each sending `count / producers` messages; the consumer on CPU 0.
+pub fn mpsc_xproc<T: Message>(producers: usize, count: u64) -> Result<MpscRun, String> {
+    if producers == 0 || producers > 255 {
+        return Err(format!("{producers} producers: 1 to 255 fit the tag"));
+    }
     let layout = handshake_layout(Layout::builder().mpsc_ring::<T>("ring", RING_CAPACITY))
         .build()
         .map_err(|e| e.to_string())?;
     let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
     let ring = MpscRing::<T>::from_segment(&segment, "ring").map_err(|e| e.to_string())?;
     pin(0)?;
-    let per_producer = count / 2;
+    let per_producer = count / producers as u64;
     let mut children = Vec::new();
-    for k in 0..2u64 {
+    for k in 0..producers as u64 {
         let segment = &segment;
         let spawned = fork_pinned(1, move || {
             let Ok(mut tx) = ring.producer(own_token()) else {
@@ -571,7 +722,7 @@ pub fn mpsc2_xproc<T: Message>(count: u64) -> Result<Duration, String> {
             let mut seq = 0;
             let mut backoff = Backoff::new();
             while seq < per_producer {
-                match tx.try_push(T::make(TwoProducerCheck::tag(k, seq))) {
+                match tx.try_push(T::make(ProducerCheck::tag(k, seq))) {
                     Ok(()) => {
                         seq += 1;
                         backoff.reset();
@@ -589,16 +740,21 @@ pub fn mpsc2_xproc<T: Message>(count: u64) -> Result<Duration, String> {
     }
     let mut rx = ring.consumer(own_token()).map_err(|e| e.to_string())?;
     let started = parent_go(&segment, &children)?;
-    let mut check = TwoProducerCheck { next: [0; 2] };
+    let total = per_producer * producers as u64;
+    let mut check = ProducerCheck::new(producers);
+    let mut fairness = None;
     let mut idle = 0u32;
     let mut backoff = Backoff::new();
-    while check.total() < 2 * per_producer {
+    while check.total() < total {
         match rx.try_pop() {
             Ok(m) => {
                 backoff.reset();
                 let accepted = m.seq().ok_or_else(|| "mpsc: torn message".to_owned());
                 if let Err(e) = accepted.and_then(|v| check.accept(v)) {
                     return abandon(&children, e);
+                }
+                if fairness.is_none() && check.total() * 2 >= total {
+                    fairness = Some(check.fairness());
                 }
             }
             Err(MpscPopError::Empty | MpscPopError::InFlight { .. }) => {
@@ -615,7 +771,10 @@ pub fn mpsc2_xproc<T: Message>(count: u64) -> Result<Duration, String> {
     for c in children {
         reap(c)?;
     }
-    Ok(elapsed)
+    Ok(MpscRun {
+        elapsed,
+        fairness: fairness.unwrap_or(1.0),
+    })
 }
 
 /// crossbeam's `ArrayQueue` between two threads (producer on CPU 1).
@@ -670,7 +829,7 @@ pub fn arrayqueue_mpsc2<T: Message>(count: u64) -> Result<Duration, String> {
                 barrier.wait();
                 let mut backoff = Backoff::new();
                 for seq in 0..per_producer {
-                    let mut m = T::make(TwoProducerCheck::tag(k, seq));
+                    let mut m = T::make(ProducerCheck::tag(k, seq));
                     while let Err(back) = queue.push(m) {
                         m = back;
                         backoff.snooze();
@@ -681,7 +840,7 @@ pub fn arrayqueue_mpsc2<T: Message>(count: u64) -> Result<Duration, String> {
         }
         barrier.wait();
         let started = Instant::now();
-        let mut check = TwoProducerCheck { next: [0; 2] };
+        let mut check = ProducerCheck::new(2);
         let mut backoff = Backoff::new();
         while check.total() < 2 * per_producer {
             match queue.pop() {
