@@ -19,7 +19,7 @@
 //!
 //! CI runs that. The two-producer MPSC model takes minutes at two
 //! preemptions, so it runs at one there; its `_deep` twin is `#[ignore]`d:
-//! add `-- --include-ignored` to run it too (about five minutes of CPU).
+//! add `-- --include-ignored` to run it too (about two minutes of CPU).
 #![cfg(loom)]
 
 use std::collections::BTreeSet;
@@ -260,7 +260,7 @@ fn mpsc_two_producers_on_a_one_cell_ring_lose_no_wakeup() {
 }
 
 /// Run with `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p
-/// latch --release --test loom_channel -- --ignored` (about five minutes of
+/// latch --release --test loom_channel -- --ignored` (about two minutes of
 /// CPU).
 #[test]
 #[ignore = "deep: minutes at LOOM_MAX_PREEMPTIONS=2; CI runs the bounded twin"]
