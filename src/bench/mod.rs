@@ -186,8 +186,14 @@ pub fn run(opts: &BenchOpts, filter: Option<&str>) -> Result<(), String> {
         ));
     }
     let load_start = loadavg();
+    // Each group starts from the CLI's own placement, whatever the one
+    // before it pinned.
+    let placement = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
     let mut report = Vec::new();
     for group in selected {
+        if let Some(set) = &placement {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set);
+        }
         let started = Instant::now();
         let figures = (group.run)(opts).map_err(|e| format!("bench group {}: {e}", group.name))?;
         if !opts.json {
@@ -196,6 +202,9 @@ pub fn run(opts: &BenchOpts, filter: Option<&str>) -> Result<(), String> {
             }
         }
         report.push((group.name, started.elapsed(), figures));
+    }
+    if let Some(set) = &placement {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set);
     }
     if opts.json {
         println!(
