@@ -90,6 +90,12 @@ pub enum ExitStatus {
     Signaled(i32),
 }
 
+/// Whether `worker` ended with exit 0 and its policy does not start a
+/// finished worker again.
+fn finished_for_good(worker: Option<&WorkerInfo>, status: ExitStatus) -> bool {
+    status.is_finished() && worker.is_none_or(|w| !w.spec.restart_policy().restarts_after(true))
+}
+
 impl ExitStatus {
     /// Exit 0: the worker finished and is unregistered.
     pub fn is_finished(self) -> bool {
@@ -924,8 +930,11 @@ impl Core {
             PmState::Running if must_reset => {
                 self.crash(now, Some(id), pid, Some(status));
                 // Exit 0 means finished even with a dirty slot: the reset
-                // must not start it again.
-                if status.is_finished() || terminating {
+                // must not start it again, unless its policy restarts a
+                // finished worker too (Permanent; `postmaster chaos` found
+                // a permanent worker unregistered for good by an exit 0
+                // inside a critical section).
+                if finished_for_good(self.worker(id), status) || terminating {
                     self.unregister(id);
                 }
             }
@@ -950,7 +959,7 @@ impl Core {
                 self.after_exit(now, id, status, for_group, ran_for);
             }
             PmState::Resetting { .. } => {
-                if status.is_finished() || terminating {
+                if finished_for_good(self.worker(id), status) || terminating {
                     self.unregister(id);
                 }
                 self.settle(now);
