@@ -121,6 +121,10 @@ pub enum PostmasterError {
     /// The segment could not be created.
     #[error(transparent)]
     Create(#[from] shmem::CreateError),
+    /// A segment of the same name was left by a postmaster that died (it
+    /// never reached its own clean-up, e.g. after SIGKILL).
+    #[error("cannot start: {0}; then start again")]
+    StaleSegment(shmem::AttachError),
     /// The postmaster's regions could not be set up.
     #[error(transparent)]
     Shared(#[from] SharedError),
@@ -439,7 +443,20 @@ impl Postmaster {
         }
         let layout = self.layout()?;
         let mut segment = match &self.segment_name {
-            Some(name) => Segment::create_named(name, &layout)?,
+            Some(name) => match Segment::create_named(name, &layout) {
+                Ok(segment) => segment,
+                // Say whether the owner is alive or the segment stale, so
+                // the operator knows whether `postmaster cleanup` is safe.
+                Err(shmem::CreateError::AlreadyExists { .. }) => {
+                    return Err(match Segment::attach(name, &layout) {
+                        Err(stale @ shmem::AttachError::Stale { .. }) => {
+                            PostmasterError::StaleSegment(stale)
+                        }
+                        _ => shmem::CreateError::AlreadyExists { name: name.clone() }.into(),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            },
             None => Segment::create(&layout)?,
         };
         let handled = handled_signals();
