@@ -378,6 +378,7 @@ impl Latch {
     /// a process slot it has just taken from a free list, or one whose
     /// owner it has proven dead. Costs one store where [`own`](Self::own)
     /// costs a system call and a compare-and-swap.
+    #[inline]
     pub fn hand_over(&self, pid: u32) {
         // Relaxed: the container's own release publication (e.g. the slot's
         // status store) orders this for the new owner and its peers.

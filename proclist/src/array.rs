@@ -308,6 +308,17 @@ impl<'a> ProcArray<'a> {
         config: ProcArrayConfig,
     ) -> Result<Self, ProcArrayError> {
         let array = Self::view(segment, config)?;
+        // Tenancies of one segment generation never share a generation
+        // with those of the next: a guard or handle that outlived a reset
+        // (a self-attached process during a reset) then matches nothing,
+        // rather than the slot's first tenant after the reset.
+        let base = (segment.generation() as u32).wrapping_mul(1 << 20);
+        for slot in array.slots {
+            slot.publish(SlotStatus {
+                generation: base,
+                state: FREE,
+            });
+        }
         let stored = segment.array::<AtomicU32>(regions::CONFIG)?;
         for (cell, kind) in stored.iter().zip(Kind::ALL) {
             // Relaxed: published with the segment (attachers arrive after the
@@ -931,8 +942,6 @@ impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
         let slot = self.slot();
         let handle = self.handle;
-        slot.latch().hand_over(0);
-        slot.reset_critical();
         let active = SlotStatus {
             generation: handle.generation,
             state: ACTIVE,
@@ -941,6 +950,14 @@ impl Drop for SlotGuard<'_> {
             generation: handle.generation,
             state: FREE,
         };
+        // Only our own tenancy is ours to clear: after a reclaim (or a
+        // reset of the segment) the latch and the critical-section depth
+        // may belong to the slot's next tenant.
+        if slot.status() != active {
+            return;
+        }
+        slot.latch().hand_over(0);
+        slot.reset_critical();
         // Fails only if someone reclaimed the slot from under us (they judged
         // us dead) or shared memory was overwritten; either way it is not
         // ours to free any more.

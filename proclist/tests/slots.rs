@@ -338,3 +338,46 @@ fn a_free_list_that_names_an_owned_slot_is_corruption_not_a_second_owner() {
     ));
     assert_eq!(held.status().state, ACTIVE, "the owner keeps its slot");
 }
+
+#[test]
+fn a_guard_that_outlives_a_reset_leaves_the_next_tenant_alone() {
+    let layout = ProcArray::declare(Layout::builder(), CONFIG)
+        .build()
+        .unwrap();
+    let name = format!("proclist-reset-{}", std::process::id());
+    let mut creator = Segment::create_named(&name, &layout).unwrap();
+    ProcArray::init(&creator, CONFIG).unwrap();
+    let other = Segment::attach(&name, &layout).unwrap();
+    let view = ProcArray::attach(&other, CONFIG).unwrap();
+    let old = view.acquire(Kind::Backend).unwrap();
+    let old_handle = old.handle();
+
+    // The segment is reset under the guard, and the slot taken again.
+    creator.reinit();
+    let fresh = ProcArray::init(&creator, CONFIG).unwrap();
+    let new = fresh.acquire(Kind::Backend).unwrap();
+    assert_eq!(new.index(), old_handle.index, "the same slot, retaken");
+    assert_ne!(
+        new.handle().generation,
+        old_handle.generation,
+        "a tenancy after a reset never repeats one from before"
+    );
+    new.enter_critical();
+    drop(old);
+    let status = new.status();
+    assert_eq!(
+        (status.state, status.generation),
+        (ACTIVE, new.handle().generation),
+        "the stale guard did not free the new tenant's slot"
+    );
+    assert_eq!(new.crit_depth(), 1, "nor reset its critical section");
+    assert_eq!(
+        new.latch().owner(),
+        Some(std::process::id()),
+        "nor took its latch"
+    );
+    new.exit_critical();
+    drop(new);
+    drop(other);
+    drop(creator);
+}
