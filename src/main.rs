@@ -1,7 +1,8 @@
 //! The `postmaster` command: run the demo, watch and steer a running
-//! postmaster, and measure.
+//! postmaster, soak it with crashes, and measure.
 
 mod bench;
+mod chaos;
 mod control;
 mod demo;
 mod scheduler;
@@ -120,6 +121,16 @@ enum Command {
         #[arg(long, default_value = "demo")]
         name: String,
     },
+    /// Run a postmaster with a mix of workers and kill them at random,
+    /// checking after each recovery that nothing leaked or was lost.
+    Chaos {
+        /// How many kills.
+        #[arg(long, default_value_t = 200)]
+        iterations: u64,
+        /// Seed of the random choices (printed, so a failure can be replayed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Measure and print one `name value unit` line per figure.
     Bench {
         /// Short runs: the whole suite in well under a minute.
@@ -197,6 +208,7 @@ fn main() -> ExitCode {
         },
         Command::Status { name, json, watch } => status::run(&name, json, watch),
         Command::Cleanup { name } => status::cleanup(&name),
+        Command::Chaos { iterations, seed } => chaos::run(iterations, seed),
         Command::Bench {
             quick,
             json,
