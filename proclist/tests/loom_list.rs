@@ -14,6 +14,8 @@
 //! iteration reached one.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p proclist --release --test loom_list`
+//! (add `-- --include-ignored` for the deep two-waiter model, about two
+//! minutes of CPU).
 #![cfg(loom)]
 
 use std::collections::BTreeSet;
@@ -23,7 +25,7 @@ use latch::Latch;
 use loom::sync::Arc;
 use loom::thread;
 use proclist::{
-    ConditionVariable, CvWake, ListHead, ListLink, ListNode, ProcList, ShmLock, WaitNode,
+    ConditionVariable, CvWait, CvWake, ListHead, ListLink, ListNode, ProcList, ShmLock, WaitNode,
 };
 use shmem::sync::{AtomicU32, Ordering, UnsafeCell};
 
@@ -381,6 +383,11 @@ impl Scene {
 
     fn wait_for_token_leaving(&self, me: u32, leave: Leave) -> Waited {
         let wait = self.cv.prepare(me, &self.slots).expect("prepare");
+        self.finish_waiting(me, wait, leave)
+    }
+
+    /// The rest of the waiter's loop, after `prepare`.
+    fn finish_waiting(&self, me: u32, wait: CvWait<'_, Slot>, leave: Leave) -> Waited {
         let mut sleeps = 0;
         while !self.take() {
             let why = wait.sleep(None).expect("sleep");
@@ -475,37 +482,76 @@ fn cv_signal_after_prepare_is_never_missed() {
 /// takes W0 off, and only W0's cancel can wake W1 again.
 ///
 /// That interleaving needs three preemptions, so these models run with at
-/// least three whatever `LOOM_MAX_PREEMPTIONS` says (about two minutes of
-/// CPU in release mode here). At two, the model still reaches a waiter
-/// that never slept passing its signal to one that slept twice, but a
-/// leave that swallows the signal passes; at three, the twin below
-/// deadlocks as it must.
+/// least three whatever `LOOM_MAX_PREEMPTIONS` says. At two, the model
+/// still reaches a waiter that never slept passing its signal to one that
+/// slept twice, but a leave that swallows the signal passes; at three, the
+/// twin that swallows it deadlocks as it must.
 fn at_least_three_preemptions() -> loom::model::Builder {
     let mut builder = loom::model::Builder::new();
     builder.preemption_bound = Some(builder.preemption_bound.map_or(3, |n| n.max(3)));
     builder
 }
 
-fn cv_two_waiters(reached: &Reached, leave: Leave) {
+/// How the two-waiter scene starts.
+#[derive(Clone, Copy)]
+enum Start {
+    /// W0's thread prepares (is on the list) before it spawns W1 and the
+    /// signaller: the start of the interleaving above, fixed, which keeps
+    /// the model at seconds (CI).
+    FirstWaiterListed,
+    /// All three start together: some two minutes of CPU (the `_deep` twin).
+    Together,
+}
+
+const TWO_WAITERS_REACH: [&str; 4] = [
+    "both waiters slept",
+    "a waiter found its token without sleeping",
+    "a leaving waiter passed a signal on",
+    "a waiter that never slept passed its signal to one that slept twice",
+];
+
+fn spawn_waiter(scene: &Arc<Scene>, me: u32, leave: Leave) -> thread::JoinHandle<Waited> {
+    let scene = scene.clone();
+    thread::spawn(move || scene.wait_for_token_leaving(me, leave))
+}
+
+fn spawn_signaller(scene: &Arc<Scene>) -> thread::JoinHandle<()> {
+    let scene = scene.clone();
+    thread::spawn(move || {
+        scene.give();
+        scene.give();
+    })
+}
+
+fn cv_two_waiters(reached: &Reached, start: Start, leave: Leave) {
     let scene = Scene::new(2);
-    let waiters: Vec<_> = (0..2)
-        .map(|me| {
-            let scene = scene.clone();
-            thread::spawn(move || scene.wait_for_token_leaving(me, leave))
-        })
-        .collect();
-    let signaller = {
-        let scene = scene.clone();
-        thread::spawn(move || {
-            scene.give();
-            scene.give();
-        })
+    let waited: Vec<Waited> = match start {
+        Start::Together => {
+            let waiters = [
+                spawn_waiter(&scene, 0, leave),
+                spawn_waiter(&scene, 1, leave),
+            ];
+            let signaller = spawn_signaller(&scene);
+            let waited = waiters.map(|w| w.join().expect("thread"));
+            signaller.join().expect("thread");
+            waited.into()
+        }
+        Start::FirstWaiterListed => {
+            let first = {
+                let scene = scene.clone();
+                thread::spawn(move || {
+                    let wait = scene.cv.prepare(0, &scene.slots).expect("prepare");
+                    let second = spawn_waiter(&scene, 1, leave);
+                    let signaller = spawn_signaller(&scene);
+                    let first = scene.finish_waiting(0, wait, leave);
+                    let second = second.join().expect("thread");
+                    signaller.join().expect("thread");
+                    vec![first, second]
+                })
+            };
+            first.join().expect("thread")
+        }
     };
-    let waited: Vec<Waited> = waiters
-        .into_iter()
-        .map(|w| w.join().expect("thread"))
-        .collect();
-    signaller.join().expect("thread");
     scene.assert_nobody_waits();
     if waited.iter().all(|w| w.sleeps > 0) {
         reached.note("both waiters slept");
@@ -527,13 +573,20 @@ fn cv_two_waiters(reached: &Reached, leave: Leave) {
 fn cv_two_waiters_one_signal_each() {
     explore_with(
         at_least_three_preemptions(),
-        &[
-            "both waiters slept",
-            "a waiter found its token without sleeping",
-            "a leaving waiter passed a signal on",
-            "a waiter that never slept passed its signal to one that slept twice",
-        ],
-        |reached| cv_two_waiters(reached, Leave::Cancel),
+        &TWO_WAITERS_REACH,
+        |reached| cv_two_waiters(reached, Start::FirstWaiterListed, Leave::Cancel),
+    );
+}
+
+/// Run with `RUSTFLAGS="--cfg loom" cargo test -p proclist --release
+/// --test loom_list -- --ignored` (about two minutes of CPU).
+#[test]
+#[ignore = "deep: two minutes; CI runs the twin that lists the first waiter first"]
+fn cv_two_waiters_one_signal_each_deep() {
+    explore_with(
+        at_least_three_preemptions(),
+        &TWO_WAITERS_REACH,
+        |reached| cv_two_waiters(reached, Start::Together, Leave::Cancel),
     );
 }
 
@@ -544,8 +597,13 @@ fn cv_two_waiters_one_signal_each() {
 #[should_panic(expected = "deadlock")]
 fn cv_two_waiters_model_catches_a_leave_that_swallows_the_signal() {
     let reached = Reached::default();
-    at_least_three_preemptions()
-        .check(move || cv_two_waiters(&reached, Leave::SwallowingTheSignal));
+    at_least_three_preemptions().check(move || {
+        cv_two_waiters(
+            &reached,
+            Start::FirstWaiterListed,
+            Leave::SwallowingTheSignal,
+        )
+    });
 }
 
 /// A waiter whose deadline passes takes itself off the list, unless a
