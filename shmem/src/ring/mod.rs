@@ -293,8 +293,10 @@ impl LayoutBuilder {
 
     /// Under loom ring types hold loom atomics, which cannot live in a
     /// segment; the builder still exists so that code compiles, but reserves
-    /// nothing.
+    /// nothing. (The type parameters stay, so call sites are the same in
+    /// both builds.)
     #[cfg(loom)]
+    #[allow(clippy::extra_unused_type_parameters)]
     fn ring_regions<H, C>(self, _name: &str, _capacity: usize) -> Self {
         self
     }
