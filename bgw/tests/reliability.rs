@@ -185,11 +185,13 @@ fn starts(events: &[Line], worker: &str) -> Vec<Line> {
 
 fn scribbled_over(h: &Harness) {
     let mut pm = h.start();
+    // The scribble and its reset can be over before the first look (a
+    // proc array of garbage is found at once): at least one start each.
     h.wait_events("calm and hostile to start", |e| {
-        count(e, "calm", "start") == 1 && count(e, "hostile", "start") == 1
+        count(e, "calm", "start") >= 1 && count(e, "hostile", "start") >= 1
     });
     let events = h.wait_events("everyone back after the reset", |e| {
-        count(e, "calm", "start") == 2 && count(e, "hostile", "start") == 2
+        count(e, "calm", "start") >= 2 && count(e, "hostile", "start") >= 2
     });
     let scribbled = events
         .iter()
