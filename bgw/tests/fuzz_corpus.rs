@@ -1,8 +1,10 @@
 //! Replays the committed fuzz corpora of the `registry_slot` and
 //! `core_events` targets through the same entry points the cargo-fuzz
 //! targets call (`bgw::fuzzing`), so CI exercises them on stable without
-//! libFuzzer. Crashes the fuzzer found are corpus files too (named
-//! `crash_*`), so each stays a regression test.
+//! libFuzzer. Files named `seed_*` are the generated seeds below; `cov_*`
+//! are inputs from nightly `cargo fuzz` runs that reached code the seeds
+//! did not (a set-cover merge by edge coverage); a crash the fuzzer finds
+//! is committed as `crash_*` with its fix, so each stays a regression test.
 //!
 //! The seed files were written by `write_seed_corpora` below (ignored; run
 //! it with `cargo test -p bgw --test fuzz_corpus -- --ignored` to
