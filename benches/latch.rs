@@ -63,6 +63,12 @@ fn mean_ns(budget: Duration, mut op: impl FnMut()) -> f64 {
     start.elapsed().as_nanos() as f64 / calls.max(1) as f64
 }
 
+// The process helpers the included group files call as `super::...`.
+#[allow(dead_code)] // each bench uses some of them
+#[path = "../src/bench/child.rs"]
+mod child;
+use child::{err, pin_to_cpu};
+
 #[allow(dead_code)]
 #[path = "../src/bench/latch.rs"]
 mod figures;

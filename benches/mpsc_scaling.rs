@@ -41,6 +41,12 @@ impl Figure {
     }
 }
 
+// The process helpers the included group files call as `super::...`.
+#[allow(dead_code)] // each bench uses some of them
+#[path = "../src/bench/child.rs"]
+mod child;
+use child::{fork_pinned, pin_to_cpu, reap};
+
 #[allow(dead_code)]
 #[path = "../src/bench/ring.rs"]
 mod ring;

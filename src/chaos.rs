@@ -352,6 +352,8 @@ impl<'c, 'a> Worker<'c, 'a> {
                 return false;
             }
         }
+        // Relaxed: leaving the spot publishes nothing; the driver only
+        // waits for the Release store that announced it (hold()).
         self.me.at.store(AIM_NONE, Ordering::Relaxed);
         !self.ctx.should_stop()
     }
@@ -522,6 +524,7 @@ fn check_message(board: &Board, msg: &Msg) {
             }
         }
     }
+    // Relaxed: the consumer alone reads and writes its high-water mark.
     received.store(msg.seq.max(last), Ordering::Relaxed);
 }
 
@@ -599,6 +602,8 @@ fn ledger_main(ctx: &mut WorkerContext<'_>) -> WorkerResult {
         }
         {
             let _inside = ctx.critical();
+            // Relaxed (all three): only the ledger writes them; see the
+            // loads above for what orders them before its successor.
             a.fetch_add(1, Ordering::Relaxed);
             if w.aimed(AIM_CRITICAL) && !w.hold(AIM_CRITICAL) {
                 b.fetch_add(1, Ordering::Relaxed);
@@ -1166,6 +1171,8 @@ fn drive(
         } else {
             std::thread::sleep(plan.delay);
             if let Blow::Exit(code) = plan.blow {
+                // Release: pairs with the worker's Acquire load in
+                // commanded() / hold().
                 me.exit_code.store(code + 1, Ordering::Release);
             }
         }

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use bgw::status::SeqWords;
+use bgw::status::{SeqWords, get_str, put_str};
 use bgw::{Endpoint, Restart, WorkerContext, WorkerExit, WorkerHandle, WorkerResult, WorkerSpec};
 use chrono::{DateTime, Utc};
 use croner::Cron;
@@ -120,15 +120,6 @@ impl Overlap {
             Overlap::Queue => "queue",
         }
     }
-
-    /// Parses a name.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "skip" => Some(Overlap::Skip),
-            "queue" => Some(Overlap::Queue),
-            _ => None,
-        }
-    }
 }
 
 /// A job, as the table holds it.
@@ -207,25 +198,6 @@ pub struct Run {
     pub exit: Option<i32>,
     /// Its message.
     pub message: String,
-}
-
-fn put_str(words: &mut [u64], s: &str) {
-    let bytes = s.as_bytes();
-    let cap = words.len() * 8 - 1;
-    let len = bytes.len().min(cap);
-    let mut raw = vec![0u8; words.len() * 8];
-    raw[0] = len as u8;
-    raw[1..=len].copy_from_slice(&bytes[..len]);
-    for (w, chunk) in words.iter_mut().zip(raw.chunks_exact(8)) {
-        *w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-    }
-}
-
-fn get_str(words: &[u64]) -> Option<String> {
-    let raw: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    let len = usize::from(raw[0]);
-    let text = raw.get(1..=len)?;
-    String::from_utf8(text.to_vec()).ok()
 }
 
 impl Job {
@@ -724,8 +696,9 @@ fn command(jobs: &mut Vec<Live>, text: &str, tables: Option<&Tables<'_>>) -> Str
                 Ok(c) => c,
                 Err(e) => return format!("error: {e}"),
             };
-            let Some(overlap) = Overlap::parse(overlap) else {
-                return format!("error: overlap policy is skip or queue, not {overlap:?}");
+            let overlap = match overlap.parse::<Overlap>() {
+                Ok(o) => o,
+                Err(e) => return format!("error: {e}"),
             };
             let Ok(retries) = retries.parse::<u8>() else {
                 return format!("error: retries is a number from 0 to 255, not {retries:?}");
@@ -824,7 +797,11 @@ pub fn call(endpoint: &mut Endpoint<'_>, command: &str) -> Result<String, String
 impl FromStr for Overlap {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        Overlap::parse(s).ok_or_else(|| format!("overlap is skip or queue, not {s:?}"))
+        match s {
+            "skip" => Ok(Overlap::Skip),
+            "queue" => Ok(Overlap::Queue),
+            _ => Err(format!("overlap is skip or queue, not {s:?}")),
+        }
     }
 }
 

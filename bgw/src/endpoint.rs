@@ -51,7 +51,7 @@
 
 use std::time::{Duration, Instant};
 
-use latch::{Latch, Wake};
+use latch::Latch;
 use proclist::{Kind as ProcKind, ProcArrayError, SlotGuard, SlotHandle};
 use thiserror::Error;
 
@@ -88,7 +88,6 @@ pub enum EndpointError {
 pub struct Endpoint<'a> {
     shared: Shared<'a>,
     inbox: Inbox<'a>,
-    latch: &'a Latch,
     pid: u32,
     /// The segment generation when the endpoint was opened.
     generation: u64,
@@ -140,7 +139,6 @@ impl<'a> Endpoint<'a> {
         Ok(Endpoint {
             shared,
             inbox,
-            latch,
             pid: latch::pid::current(),
             generation: shared.segment.generation(),
             names: Vec::new(),
@@ -303,23 +301,7 @@ impl<'a> Endpoint<'a> {
         if self.is_stale() {
             return Err(self.reset_error());
         }
-        if let Some(message) = self.inbox.try_recv()? {
-            return Ok(Some(message));
-        }
-        // The latch's usage loop: reset, look (the inbox and the stop
-        // flag, which SIGTERM sets before it sets the latch), then wait.
-        self.latch.reset();
-        if let Some(message) = self.inbox.try_recv()? {
-            return Ok(Some(message));
-        }
-        if (self.interrupted)() {
-            return Ok(None);
-        }
-        match self.latch.wait(deadline)? {
-            Wake::Set => self.inbox.try_recv(),
-            Wake::Timeout => Ok(None),
-            Wake::PostmasterDied => Err(RecvError::PostmasterDied),
-        }
+        self.inbox.recv_unless(deadline, self.interrupted)
     }
 
     /// Whether the postmaster reset shared memory since this endpoint was

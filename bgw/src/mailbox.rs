@@ -1085,6 +1085,18 @@ impl<'a> Inbox<'a> {
     /// process's, and the set may have been meant for something else
     /// (check your other conditions, then call again).
     pub fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<Message>, RecvError> {
+        self.recv_unless(deadline, || false)
+    }
+
+    /// As [`recv`](Self::recv), returning `Ok(None)` instead of waiting
+    /// when `stop` holds after the latch reset: a flag that is set before
+    /// the latch (a SIGTERM handler's stop flag) is then never slept
+    /// through.
+    pub fn recv_unless(
+        &mut self,
+        deadline: Option<Instant>,
+        stop: impl Fn() -> bool,
+    ) -> Result<Option<Message>, RecvError> {
         if let Some(message) = self.try_recv()? {
             return Ok(Some(message));
         }
@@ -1092,6 +1104,9 @@ impl<'a> Inbox<'a> {
         self.latch.reset();
         if let Some(message) = self.try_recv()? {
             return Ok(Some(message));
+        }
+        if stop() {
+            return Ok(None);
         }
         match self.latch.wait_with(deadline, &wait_options())? {
             Wake::Set => self.try_recv(),

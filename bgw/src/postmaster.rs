@@ -591,7 +591,7 @@ impl Postmaster {
                     slot: handle,
                     worker: Some(name.clone()),
                 };
-                if !self.release_departed(segment, &departed, true) {
+                if !self.release_departed(segment, &departed) {
                     self.core.handle(now, Event::SharedStateCorrupt);
                 }
             }
@@ -621,7 +621,7 @@ impl Postmaster {
     /// whatever the application's clean-up step frees. Runs before the
     /// slot is used again. Returns false if shared state looks damaged
     /// (the caller resets).
-    fn release_departed(&self, segment: &Segment, departed: &Departed, reset_inbox: bool) -> bool {
+    fn release_departed(&self, segment: &Segment, departed: &Departed) -> bool {
         let Ok(shared) = Shared::attach(segment, &self.shared) else {
             return false;
         };
@@ -644,9 +644,6 @@ impl Postmaster {
                 recovered.abandoned
             ));
         }
-        if !reset_inbox {
-            return self.run_cleanup(segment, departed, &who);
-        }
         // SAFETY: as above.
         match unsafe { shared.mail.reset_inbox(departed.slot.index, departed.pid) } {
             Ok(reset) if reset.drained > 0 => self.log(format_args!(
@@ -663,11 +660,6 @@ impl Postmaster {
                 return false;
             }
         }
-        self.run_cleanup(segment, departed, &who)
-    }
-
-    /// Runs the application's clean-up step, if any; false if it panicked.
-    fn run_cleanup(&self, segment: &Segment, departed: &Departed, who: &str) -> bool {
         match &self.cleanup {
             None => true,
             Some(step) => {
@@ -694,59 +686,26 @@ impl Postmaster {
             self.core.handle(now, Event::SharedStateCorrupt);
             return;
         };
-        let config = shared.procs.config();
-        let start = config.start(Kind::Backend);
         let mut damaged = false;
-        let mut cleaned = Vec::new();
-        // First free what each dead owner held, while its slot still says
-        // who it was; then let the proc array take the slots back.
-        for index in start..start + config.size(Kind::Backend) {
-            let Some(slot) = shared.procs.get(index) else {
-                continue;
-            };
-            let status = slot.status();
-            if !matches!(
-                status.state,
-                proclist::slot::ACTIVE | proclist::slot::EXITING
-            ) {
-                continue;
-            }
-            let (pid, started) = (slot.pid(), slot.start_time());
-            if shmem::liveness::is_alive(pid, started) {
-                continue;
-            }
+        // What each dead owner held is freed while its slot still says who
+        // it was, before the proc array gives the slot to anyone else.
+        let reclaimed = shared.procs.reclaim_dead_with(|dead| {
             let departed = Departed {
-                pid,
+                pid: dead.pid,
                 slot: SlotHandle {
-                    index,
-                    generation: status.generation,
+                    index: dead.index,
+                    generation: dead.was.generation,
                 },
                 worker: None,
             };
-            damaged |= !self.release_departed(segment, &departed, true);
-            cleaned.push(index);
-        }
-        for released in shared.procs.reclaim_dead() {
-            if released.crit_depth > 0 {
-                self.log(format_args!(
-                    "process {} died holding proc slot {} inside a critical section",
-                    released.pid, released.index
-                ));
-                damaged = true;
-            } else if !cleaned.contains(&released.index) {
-                // It died after the scan above; its slot may have a new
-                // tenant already, so leave the inbox (what is in it is for
-                // the dead generation, which the new owner drops).
-                let departed = Departed {
-                    pid: released.pid,
-                    slot: SlotHandle {
-                        index: released.index,
-                        generation: released.was.generation,
-                    },
-                    worker: None,
-                };
-                damaged |= !self.release_departed(segment, &departed, false);
-            }
+            damaged |= !self.release_departed(segment, &departed);
+        });
+        for released in reclaimed.iter().filter(|r| r.crit_depth > 0) {
+            self.log(format_args!(
+                "process {} died holding proc slot {} inside a critical section",
+                released.pid, released.index
+            ));
+            damaged = true;
         }
         // Names whose owner's tenancy is over without anyone having said so
         // (e.g. registered through an endpoint that outlived a reset).
@@ -912,6 +871,15 @@ impl Postmaster {
         let Some(proc) = shared.procs.get(slot.index) else {
             return;
         };
+        // Most iterations find nothing: look before taking the consumer
+        // role (a corrupt ring goes on, to be reported by the pop).
+        if shared
+            .mail
+            .ring(slot.index)
+            .is_some_and(|ring| ring.is_empty() == Ok(true))
+        {
+            return;
+        }
         let Ok(mut inbox) = shared.mail.inbox(slot.into(), proc.latch()) else {
             return;
         };

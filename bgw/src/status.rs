@@ -229,8 +229,8 @@ impl WorkerRow {
 
     fn encode(&self) -> [u64; WORDS] {
         let mut words = [0u64; WORDS];
-        put_name(&mut words[..NAME_WORDS], &self.name);
-        put_name(&mut words[NAME_WORDS..2 * NAME_WORDS], &self.group);
+        put_str(&mut words[..NAME_WORDS], &self.name);
+        put_str(&mut words[NAME_WORDS..2 * NAME_WORDS], &self.group);
         let s = 2 * NAME_WORDS;
         let state = ShownState::ALL
             .iter()
@@ -262,8 +262,8 @@ impl WorkerRow {
             _ => return None,
         };
         Some(WorkerRow {
-            name: get_name(&words[..NAME_WORDS])?,
-            group: get_name(&words[NAME_WORDS..2 * NAME_WORDS])?,
+            name: get_str(&words[..NAME_WORDS])?,
+            group: get_str(&words[NAME_WORDS..2 * NAME_WORDS])?,
             pid: words[s] as u32,
             state,
             dynamic: (words[s] >> 40) & 1 == 1,
@@ -275,26 +275,26 @@ impl WorkerRow {
     }
 }
 
-fn put_name(words: &mut [u64], name: &str) {
-    let mut bytes = [0u8; NAME_WORDS * 8];
-    let len = name.len().min(MAX_NAME);
-    bytes[0] = len as u8;
-    bytes[1..1 + len].copy_from_slice(&name.as_bytes()[..len]);
+/// Packs `text` into `words` for a [`SeqWords`] entry: a length byte, then
+/// the bytes, little-endian, cut to what fits (at most 255 bytes).
+pub fn put_str(words: &mut [u64], text: &str) {
+    let mut bytes = vec![0u8; words.len() * 8];
+    let len = text.len().min(bytes.len().saturating_sub(1)).min(255);
+    if let Some(first) = bytes.first_mut() {
+        *first = len as u8;
+    }
+    bytes[1..1 + len].copy_from_slice(&text.as_bytes()[..len]);
     for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
         *word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
     }
 }
 
-fn get_name(words: &[u64]) -> Option<String> {
-    let mut bytes = [0u8; NAME_WORDS * 8];
-    for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
-        chunk.copy_from_slice(&word.to_le_bytes());
-    }
-    let len = usize::from(bytes[0]);
-    if len > MAX_NAME {
-        return None;
-    }
-    String::from_utf8(bytes[1..1 + len].to_vec()).ok()
+/// The text [`put_str`] packed, or `None` if `words` hold no valid one
+/// (a length past the end, or bytes that are not UTF-8).
+pub fn get_str(words: &[u64]) -> Option<String> {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let len = usize::from(*bytes.first()?);
+    String::from_utf8(bytes.get(1..1 + len)?.to_vec()).ok()
 }
 
 impl StatusEntry {

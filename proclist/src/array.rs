@@ -681,6 +681,16 @@ impl<'a> ProcArray<'a> {
     /// [`clean`](Released::clean) means shared state may be damaged.
     /// Worker slots are left to the postmaster, which reaps its children.
     pub fn reclaim_dead(&self) -> Vec<Released> {
+        self.reclaim_dead_with(|_| {})
+    }
+
+    /// As [`reclaim_dead`](Self::reclaim_dead), calling `before_free` for
+    /// each dead owner's slot while it still says who held it, before it
+    /// goes back to a free list (and so before anyone can take it again):
+    /// the place to free what the owner held elsewhere in shared memory.
+    /// With several reclaimers at once, `before_free` may run for a slot
+    /// that another one frees, so what it does must be idempotent.
+    pub fn reclaim_dead_with(&self, mut before_free: impl FnMut(&Released)) -> Vec<Released> {
         let kind = Kind::Backend;
         let start = self.config.start(kind);
         let mut reclaimed = Vec::new();
@@ -700,6 +710,7 @@ impl<'a> ProcArray<'a> {
                 pid,
                 crit_depth: slot.crit_depth(),
             };
+            before_free(&released);
             // The CAS inside free() fails if the slot moved on since `seen`
             // (released by its owner, or reclaimed by someone else first).
             if self.free(index, seen).is_ok() {

@@ -348,6 +348,9 @@ impl<'a> FreeList<'a> {
     /// Only meaningful while nobody pushes or pops (tests, status, after a
     /// crash); returns `Corrupt` for an out-of-range index or a cycle.
     pub fn count_quiescent(&self) -> Result<u32, FreeListError> {
+        // Acquire: pairs with the Release head CAS of the last push, so the
+        // links it published are visible to the walk below (whose Relaxed
+        // loads rely on the list being quiescent).
         let mut top = Head::decode(self.head.load(Ordering::Acquire)).top;
         let mut n = 0;
         while top != 0 {

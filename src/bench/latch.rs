@@ -27,7 +27,7 @@ use nix::unistd::{ForkResult, Pid, fork};
 use shmem::sync::{AtomicU64, Ordering, spin_loop};
 use shmem::{Layout, Segment};
 
-use super::{BenchOpts, Figure, mean_ns};
+use super::{BenchOpts, Figure, err, mean_ns, pin_to_cpu};
 
 /// A side that sees no progress for this long gives up (the peer died).
 const STALL: Duration = Duration::from_secs(10);
@@ -192,10 +192,6 @@ fn latch_segment() -> Result<Segment, String> {
     Segment::create(&layout).map_err(err)
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
 fn read_exact(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<()> {
     let mut got = 0;
     while got < buf.len() {
@@ -225,12 +221,6 @@ impl Placement {
             Self::Together => (0, 0),
         }
     }
-}
-
-fn pin(cpu: usize) -> nix::Result<()> {
-    let mut set = CpuSet::new();
-    set.set(cpu)?;
-    sched_setaffinity(Pid::from_raw(0), &set)
 }
 
 /// A latch and the ball it announces, on one cache line: the message and
@@ -595,7 +585,7 @@ impl Session {
                 return Err(format!("CPU {cpu} is not available to this process"));
             }
         }
-        pin(parent_cpu).map_err(err)?;
+        pin_to_cpu(parent_cpu)?;
         let parent = nix::unistd::getpid();
         if let Transport::Latch { .. } = transport {
             transport.mailboxes()?.1.latch.own().map_err(err)?;
@@ -614,7 +604,7 @@ impl Session {
                 let orphan = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
                     || nix::unistd::getppid() != parent;
                 let ok = !orphan
-                    && pin(child_cpu).is_ok()
+                    && pin_to_cpu(child_cpu).is_ok()
                     && match session.transport.child_serve() {
                         Ok(served) => session
                             .transport

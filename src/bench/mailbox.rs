@@ -16,11 +16,9 @@ use std::time::{Duration, Instant};
 
 use bgw::Endpoint;
 use bgw::shared::{Shared, SharedConfig};
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
 use shmem::{Layout, Segment};
 
-use super::{BenchOpts, Figure, pin_to_cpu};
+use super::{BenchOpts, Figure, err, fork_pinned, pin_to_cpu, reap};
 
 /// The callee's name.
 const ECHO: &str = "bench-echo";
@@ -59,10 +57,6 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     Ok(vec![call, uds, cast, ratio])
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
 fn config() -> SharedConfig {
     SharedConfig {
         max_workers: 1,
@@ -77,31 +71,6 @@ fn config() -> SharedConfig {
 
 fn layout() -> Result<Layout, String> {
     config().declare(Layout::builder()).build().map_err(err)
-}
-
-/// Forks a child pinned to CPU 1 that runs `body` and exits with its code.
-fn fork_pinned(body: impl FnOnce() -> i32) -> Result<Pid, String> {
-    // SAFETY: the CLI process is single-threaded, so the child is a
-    // complete copy; it only runs `body` and `_exit`s.
-    match unsafe { fork() }.map_err(err)? {
-        ForkResult::Child => {
-            let code = match pin_to_cpu(1) {
-                Ok(()) => body(),
-                Err(_) => 3,
-            };
-            // SAFETY: `_exit` takes no pointers; skipping the parent's
-            // atexit handlers is what a forked child should do.
-            unsafe { nix::libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => Ok(child),
-    }
-}
-
-fn reap(child: Pid) -> Result<(), String> {
-    match waitpid(child, None).map_err(err)? {
-        WaitStatus::Exited(_, 0) => Ok(()),
-        other => Err(format!("bench child ended with {other:?}")),
-    }
 }
 
 /// The callee: answers calls with their request (or, for [`COUNT`], the
@@ -142,7 +111,7 @@ fn mailbox(calls: u64, casts: u64) -> Result<(Duration, Duration), String> {
     let segment = Segment::create(&layout()?).map_err(err)?;
     let shared = Shared::init(&segment, &config()).map_err(err)?;
     pin_to_cpu(0)?;
-    let child = fork_pinned(|| echo(shared))?;
+    let child = fork_pinned(1, || echo(shared))?;
     let result = drive(shared, calls, casts);
     if result.is_err() {
         let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
@@ -200,7 +169,7 @@ fn drive(shared: Shared<'_>, calls: u64, casts: u64) -> Result<(Duration, Durati
 fn uds_reqrep(calls: u64) -> Result<Duration, String> {
     let (mut ours, mut theirs) = UnixStream::pair().map_err(err)?;
     pin_to_cpu(0)?;
-    let child = fork_pinned(|| {
+    let child = fork_pinned(1, || {
         let mut buf = [0u8; 8];
         loop {
             if theirs.read_exact(&mut buf).is_err() {

@@ -64,12 +64,15 @@
 //! finishes.
 
 mod bgw;
+mod child;
 mod latch;
 mod mailbox;
 mod pingpong;
 mod ring;
 mod segment;
 mod slots;
+
+pub use child::{err, fork_pinned, pin_to_cpu, reap};
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -348,14 +351,4 @@ pub fn mean_ns(budget: Duration, mut op: impl FnMut()) -> f64 {
         }
         batch = (batch * 2).min(1 << 20);
     }
-}
-
-/// Pins the calling thread (the whole process, if it has one thread) to
-/// `cpu`, so that cross-CPU figures really cross CPUs and same-CPU figures
-/// really share one.
-pub fn pin_to_cpu(cpu: usize) -> Result<(), String> {
-    let mut set = nix::sched::CpuSet::new();
-    set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-        .map_err(|e| format!("sched_setaffinity to cpu {cpu}: {e}"))
 }

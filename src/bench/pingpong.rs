@@ -58,7 +58,7 @@ use shmem::ring::{SpscPopError, SpscRing, own_token};
 use shmem::sync::{AtomicU64, Ordering, spin_loop};
 use shmem::{Layout, Segment};
 
-use super::{BenchOpts, Figure};
+use super::{BenchOpts, Figure, err};
 
 /// Filters besides the group's name that select it.
 pub const KEYWORDS: &[&str] = if cfg!(feature = "peers") {
@@ -373,10 +373,6 @@ fn reap_both(a: Pid, b: Pid) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     failure.map_or(Ok(()), Err)
-}
-
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
 }
 
 /// iceoryx2 0.10 as the peer (`--features peers`).

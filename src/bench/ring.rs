@@ -48,10 +48,10 @@ use bytemuck::Pod;
 use crossbeam_queue::ArrayQueue;
 use latch::Latch;
 use latch::channel::{Latches, Stats, spsc};
-use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::sched::{sched_getaffinity, sched_setaffinity};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
 use shmem::ring::{
     ByteRecvError, ByteRing, ByteSendError, MpscPopError, MpscPushError, MpscRing, SpscPopError,
     SpscPushError, SpscRing, own_token,
@@ -59,7 +59,7 @@ use shmem::ring::{
 use shmem::sync::{AtomicU32, AtomicU64, Ordering, spin_loop};
 use shmem::{Layout, Segment};
 
-use super::{BenchOpts, Figure};
+use super::{BenchOpts, Figure, fork_pinned, pin_to_cpu, reap};
 
 /// Cells (or bytes, times 16) in every ring and queue measured.
 pub const RING_CAPACITY: usize = 4096;
@@ -348,38 +348,6 @@ fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Fig
     Ok(figures)
 }
 
-/// Pins the calling thread (or process) to `cpu`.
-fn pin(cpu: usize) -> Result<(), String> {
-    let mut set = CpuSet::new();
-    set.set(cpu).map_err(|e| format!("cpu {cpu}: {e}"))?;
-    sched_setaffinity(Pid::from_raw(0), &set).map_err(|e| format!("sched_setaffinity: {e}"))
-}
-
-/// Forks a child pinned to `cpu` that runs `body` and exits with its
-/// result. The caller must be single-threaded (the CLI is; the criterion
-/// bench runs on its main thread).
-fn fork_pinned(cpu: usize, body: impl FnOnce() -> i32) -> Result<Pid, String> {
-    // SAFETY: the process is single-threaded here (see above), so the child
-    // inherits no lock held by another thread; it leaves through _exit.
-    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => {
-            let code = if pin(cpu).is_ok() { body() } else { 90 };
-            // SAFETY: ends the child without running the parent's
-            // destructors or atexit handlers twice.
-            unsafe { nix::libc::_exit(code) }
-        }
-        ForkResult::Parent { child } => Ok(child),
-    }
-}
-
-/// Waits for `child` and checks that it succeeded.
-fn reap(child: Pid) -> Result<(), String> {
-    match waitpid(child, None).map_err(|e| format!("waitpid: {e}"))? {
-        WaitStatus::Exited(_, 0) => Ok(()),
-        other => Err(format!("child {child} failed: {other:?}")),
-    }
-}
-
 /// Kills and reaps children after a failure, then returns the error.
 fn abandon<T>(children: &[Pid], error: String) -> Result<T, String> {
     for &c in children {
@@ -441,7 +409,7 @@ pub fn spsc_xproc<T: Message>(count: u64) -> Result<Duration, String> {
         .map_err(|e| e.to_string())?;
     let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
     let ring = SpscRing::<T>::from_segment(&segment, "ring").map_err(|e| e.to_string())?;
-    pin(0)?;
+    pin_to_cpu(0)?;
     let child = fork_pinned(1, || {
         let Ok(mut tx) = ring.producer(own_token()) else {
             return 2;
@@ -502,7 +470,7 @@ pub fn spsc_batch_xproc(count: u64) -> Result<Duration, String> {
         .map_err(|e| e.to_string())?;
     let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
     let ring = SpscRing::<u64>::from_segment(&segment, "ring").map_err(|e| e.to_string())?;
-    pin(0)?;
+    pin_to_cpu(0)?;
     let child = fork_pinned(1, || {
         let Ok(mut tx) = ring.producer(own_token()) else {
             return 2;
@@ -581,7 +549,7 @@ pub fn spsc_blocking_xproc(count: u64) -> Result<(Duration, Stats), String> {
         .array::<AtomicU64>("tx_stats")
         .map_err(|e| e.to_string())?;
     rx_latch.own().map_err(|e| e.to_string())?;
-    pin(0)?;
+    pin_to_cpu(0)?;
     let child = fork_pinned(1, || {
         let Ok(producer) = ring.producer(own_token()) else {
             return 2;
@@ -707,7 +675,7 @@ pub fn mpsc_xproc<T: Message>(producers: usize, count: u64) -> Result<MpscRun, S
         .map_err(|e| e.to_string())?;
     let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
     let ring = MpscRing::<T>::from_segment(&segment, "ring").map_err(|e| e.to_string())?;
-    pin(0)?;
+    pin_to_cpu(0)?;
     let per_producer = count / producers as u64;
     let mut children = Vec::new();
     for k in 0..producers as u64 {
@@ -781,10 +749,10 @@ pub fn mpsc_xproc<T: Message>(producers: usize, count: u64) -> Result<MpscRun, S
 pub fn arrayqueue_spsc<T: Message>(count: u64) -> Result<Duration, String> {
     let queue = ArrayQueue::<T>::new(RING_CAPACITY);
     let barrier = Barrier::new(2);
-    pin(0)?;
+    pin_to_cpu(0)?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            let _ = pin(1);
+            let _ = pin_to_cpu(1);
             barrier.wait();
             let mut backoff = Backoff::new();
             for seq in 0..count {
@@ -820,12 +788,12 @@ pub fn arrayqueue_mpsc2<T: Message>(count: u64) -> Result<Duration, String> {
     let queue = ArrayQueue::<T>::new(RING_CAPACITY);
     let barrier = Barrier::new(3);
     let per_producer = count / 2;
-    pin(0)?;
+    pin_to_cpu(0)?;
     std::thread::scope(|s| {
         for k in 0..2u64 {
             let (queue, barrier) = (&queue, &barrier);
             s.spawn(move || {
-                let _ = pin(1);
+                let _ = pin_to_cpu(1);
                 barrier.wait();
                 let mut backoff = Backoff::new();
                 for seq in 0..per_producer {
@@ -859,11 +827,11 @@ pub fn arrayqueue_mpsc2<T: Message>(count: u64) -> Result<Duration, String> {
 pub fn sync_channel_spsc<T: Message>(count: u64) -> Result<Duration, String> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<T>(RING_CAPACITY);
     let barrier = Arc::new(Barrier::new(2));
-    pin(0)?;
+    pin_to_cpu(0)?;
     std::thread::scope(|s| {
         let b = barrier.clone();
         s.spawn(move || {
-            let _ = pin(1);
+            let _ = pin_to_cpu(1);
             b.wait();
             for seq in 0..count {
                 if tx.send(T::make(seq)).is_err() {
@@ -891,7 +859,7 @@ pub fn pipe_xproc(count: u64) -> Result<Duration, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
-    pin(0)?;
+    pin_to_cpu(0)?;
     let child = fork_pinned(1, || {
         if !child_ready_then_wait(&segment) {
             return 4;
@@ -941,7 +909,7 @@ pub fn bytering_xproc(count: u64) -> Result<Duration, String> {
         .map_err(|e| e.to_string())?;
     let segment = Segment::create(&layout).map_err(|e| e.to_string())?;
     let ring = ByteRing::from_segment(&segment, "mq").map_err(|e| e.to_string())?;
-    pin(0)?;
+    pin_to_cpu(0)?;
     let child = fork_pinned(1, || {
         let Ok(mut tx) = ring.sender(own_token()) else {
             return 2;
