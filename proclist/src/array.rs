@@ -29,9 +29,12 @@
 //! the first list, lowest index on top. Each slot's link sits on a cache
 //! line of its own ([`LINK_STRIDE`]).
 //!
-//! Every state change is a CAS on the slot's `(generation, state)` word
-//! (see [`crate::slot`]), so a handle or a reclaimer that is one tenancy
-//! late changes nothing.
+//! Every state change by someone who does not hold the slot alone is a CAS
+//! on the slot's `(generation, state)` word (see [`crate::slot`]), so a
+//! handle or a reclaimer that is one tenancy late changes nothing. Only the
+//! two ends of a self-attached tenancy are plain release stores: the taker
+//! has just won the slot from a free list, and a live owner's ACTIVE slot
+//! is written by nobody else (see [`SlotGuard`]'s `Drop`).
 //!
 //! ```
 //! use proclist::{Kind, ProcArray, ProcArrayConfig};
@@ -440,15 +443,24 @@ impl<'a> ProcArray<'a> {
         FreeList::strided(&head.word, &self.links[start..end], self.stride)
     }
 
-    /// The calling process's home shard (see [`FREE_LIST_SHARDS`]).
+    /// The calling thread's pid, its process's start time and its home
+    /// shard (see [`FREE_LIST_SHARDS`]), from one thread-local read.
+    #[inline]
+    fn me(&self) -> Me {
+        let (pid, start_time, ticket) = me::lookup(&self.heads[0].tickets);
+        Me {
+            pid,
+            start_time,
+            // A mask, not `%`: shards is a power of two (from_parts checks),
+            // and a division costs more than the rest of this function.
+            home: ticket & (self.shards - 1),
+        }
+    }
+
+    /// The calling thread's home shard.
     #[inline]
     fn home_shard(&self) -> u32 {
-        if self.shards == 1 {
-            return 0;
-        }
-        // A mask, not `%`: shards is a power of two (from_parts checks),
-        // and a division costs more than the rest of this function.
-        me::ticket(&self.heads[0].tickets) & (self.shards - 1)
+        self.me().home
     }
 
     /// The configuration.
@@ -488,9 +500,8 @@ impl<'a> ProcArray<'a> {
     /// first scan ended all were empty together (a double collect). If some
     /// shard changed, someone pushed or popped: scan again, a bounded number
     /// of times like the list's own retries.
-    #[inline]
-    fn take(&self, kind: Kind) -> Result<(u32, SlotStatus), ProcArrayError> {
-        let home = self.home_shard();
+    #[inline(always)]
+    fn take(&self, kind: Kind, home: u32) -> Result<(u32, SlotStatus), ProcArrayError> {
         if let Popped::Slot(relative) = self.free_list(kind, home).pop_observed()? {
             return self.check_taken(kind, relative);
         }
@@ -525,7 +536,7 @@ impl<'a> ProcArray<'a> {
     }
 
     /// Checks that slot `relative` of `kind`, just popped, is free.
-    #[inline]
+    #[inline(always)]
     fn check_taken(&self, kind: Kind, relative: u32) -> Result<(u32, SlotStatus), ProcArrayError> {
         let index = self.config.start(kind) + relative;
         let status = self.slots[index as usize].status();
@@ -538,7 +549,7 @@ impl<'a> ProcArray<'a> {
 
     /// Takes a slot of `kind` for the calling process, marking it active.
     /// The guard gives it back when dropped.
-    #[inline]
+    #[inline(always)]
     pub fn acquire(&self, kind: Kind) -> Result<SlotGuard<'a>, ProcArrayError> {
         self.acquire_tagged(kind, 0)
     }
@@ -547,22 +558,27 @@ impl<'a> ProcArray<'a> {
     ///
     /// Hot path: one CAS (the pop, on the caller's own shard) and plain
     /// stores, no system call: the pid, its start time and the home shard
-    /// come from a per-process cache that a forked child refills (it has
+    /// come from a per-thread cache that a forked child refills (it has
     /// another pid). Winning the pop makes the slot ours alone (nobody else
     /// acts on a FREE slot: reclaimers only touch ACTIVE or EXITING ones),
     /// so the identity, the latch owner and the ACTIVE status are published
     /// by one release store.
-    #[inline]
+    ///
+    /// Always inlined, so that the guard is built in the caller's registers:
+    /// returned through memory, it costs a store-forwarding stall (the
+    /// callee writes its fields one by one and the caller moves it with
+    /// wide loads), a third of the whole pair.
+    #[inline(always)]
     pub fn acquire_tagged(
         &self,
         kind: Kind,
         owner_tag: u64,
     ) -> Result<SlotGuard<'a>, ProcArrayError> {
-        let (index, free) = self.take(kind)?;
+        let me = self.me();
+        let (index, free) = self.take(kind, me.home)?;
         let slot = &self.slots[index as usize];
-        let (pid, start_time) = me::identity();
-        slot.set_identity(pid, start_time, kind as u32, owner_tag);
-        slot.latch().hand_over(pid);
+        slot.set_identity(me.pid, me.start_time, kind as u32, owner_tag);
+        slot.latch().hand_over(me.pid);
         let active = SlotStatus {
             generation: free.generation.wrapping_add(1),
             state: ACTIVE,
@@ -575,6 +591,7 @@ impl<'a> ProcArray<'a> {
                 generation: active.generation,
             },
             kind,
+            home: me.home,
         })
     }
 
@@ -582,7 +599,7 @@ impl<'a> ProcArray<'a> {
     /// child whose pid is not known yet. Keep the handle privately; the
     /// child passes it to [`activate`](Self::activate).
     pub fn assign(&self, kind: Kind, owner_tag: u64) -> Result<SlotHandle, ProcArrayError> {
-        let (index, free) = self.take(kind)?;
+        let (index, free) = self.take(kind, self.home_shard())?;
         let slot = &self.slots[index as usize];
         slot.set_identity(0, 0, kind as u32, owner_tag);
         let assigned = SlotStatus {
@@ -612,9 +629,9 @@ impl<'a> ProcArray<'a> {
         if current != assigned {
             return Err(stale(handle, current));
         }
-        let (pid, start_time) = me::identity();
-        slot.set_identity(pid, start_time, slot.kind(), slot.owner_tag());
-        slot.latch().hand_over(pid);
+        let me = self.me();
+        slot.set_identity(me.pid, me.start_time, slot.kind(), slot.owner_tag());
+        slot.latch().hand_over(me.pid);
         slot.transition(
             assigned,
             SlotStatus {
@@ -811,7 +828,6 @@ mod me {
     struct Me {
         /// 0 until filled; the pid the rest belongs to.
         pid: u32,
-        /// Ticket + 1; 0 means not drawn yet (one-shard arrays never draw).
         ticket: u32,
         start: u64,
     }
@@ -820,52 +836,26 @@ mod me {
         static ME: Cell<Me> = const { Cell::new(Me { pid: 0, ticket: 0, start: 0 }) };
     }
 
-    /// The caller's pid and start time.
+    /// The caller's pid, its process's start time and the thread's
+    /// home-shard ticket (drawn from `tickets` on first use).
     #[inline]
-    pub(super) fn identity() -> (u32, u64) {
+    pub(super) fn lookup(tickets: &AtomicU32) -> (u32, u64, u32) {
         let pid = latch::pid::current();
         let me = ME.get();
         if me.pid == pid {
-            return (pid, me.start);
+            return (pid, me.start, me.ticket);
         }
-        (pid, fill(pid).start)
-    }
-
-    /// The calling thread's home-shard ticket, drawn from `tickets` on first
-    /// use.
-    #[inline]
-    pub(super) fn ticket(tickets: &AtomicU32) -> u32 {
-        let pid = latch::pid::current();
-        let me = ME.get();
-        if me.pid == pid && me.ticket != 0 {
-            return me.ticket - 1;
-        }
-        draw(pid, tickets)
+        fill(pid, tickets)
     }
 
     #[cold]
-    fn draw(pid: u32, tickets: &AtomicU32) -> u32 {
-        let mut me = ME.get();
-        if me.pid != pid {
-            me = fill(pid);
-        }
+    fn fill(pid: u32, tickets: &AtomicU32) -> (u32, u64, u32) {
         // Relaxed: the counter only hands out distinct numbers; nothing is
         // published with it.
-        let drawn = tickets.fetch_add(1, Ordering::Relaxed);
-        me.ticket = drawn.wrapping_add(1).max(1);
-        ME.set(me);
-        drawn
-    }
-
-    #[cold]
-    fn fill(pid: u32) -> Me {
-        let me = Me {
-            pid,
-            ticket: 0,
-            start: shmem::liveness::own_start_time_as(pid),
-        };
-        ME.set(me);
-        me
+        let ticket = tickets.fetch_add(1, Ordering::Relaxed);
+        let start = shmem::liveness::own_start_time_as(pid);
+        ME.set(Me { pid, ticket, start });
+        (pid, start, ticket)
     }
 }
 
@@ -876,13 +866,9 @@ mod me {
 mod me {
     use shmem::sync::AtomicU32;
 
-    pub(super) fn identity() -> (u32, u64) {
+    pub(super) fn lookup(_tickets: &AtomicU32) -> (u32, u64, u32) {
         let pid = latch::pid::current();
-        (pid, shmem::liveness::own_start_time_as(pid))
-    }
-
-    pub(super) fn ticket(_tickets: &AtomicU32) -> u32 {
-        0
+        (pid, shmem::liveness::own_start_time_as(pid), 0)
     }
 }
 
@@ -898,12 +884,22 @@ fn stale_at(index: u32, generation: u32, found: SlotStatus) -> ProcArrayError {
     }
 }
 
+/// The calling thread as the hot path needs it; see [`me`].
+#[derive(Clone, Copy)]
+struct Me {
+    pid: u32,
+    start_time: u64,
+    home: u32,
+}
+
 /// A slot held by the calling process; gives it back when dropped.
 #[derive(Debug)]
 pub struct SlotGuard<'a> {
     array: ProcArray<'a>,
     handle: SlotHandle,
     kind: Kind,
+    /// The shard the slot goes back to: the taker's home.
+    home: u32,
 }
 
 impl<'a> SlotGuard<'a> {
@@ -945,41 +941,46 @@ impl std::ops::Deref for SlotGuard<'_> {
 }
 
 impl Drop for SlotGuard<'_> {
-    /// The owner's release, the other half of the hot path: one CAS to FREE
-    /// and the push onto the owner's home shard. The identity fields are
-    /// left as they were; every reader looks at the state first, and a FREE
-    /// slot's identity means nothing.
+    /// The owner's release, the other half of the hot path: a check, one
+    /// release store to FREE and the push (one CAS) onto the taker's home
+    /// shard. The identity fields are left as they were; every reader looks
+    /// at the state first, and a FREE slot's identity means nothing.
+    ///
+    /// A store, not a CAS, because nobody else writes the status of a live
+    /// owner's ACTIVE slot: reclaimers act only on owners found dead by pid
+    /// and start time, and the postmaster's `release_assigned` only on the
+    /// slots it assigned. What remains is a reset of the segment while we
+    /// run, which rewrites every slot (see [`ProcArray::init`]): the check
+    /// below sees a reset that came before it, and a reset that lands
+    /// between the check and the push is the window the crate docs
+    /// describe, which a CAS here would only narrow by a few instructions.
     #[inline]
     fn drop(&mut self) {
         let slot = self.slot();
         let handle = self.handle;
-        let active = SlotStatus {
-            generation: handle.generation,
-            state: ACTIVE,
-        };
         let free = SlotStatus {
             generation: handle.generation,
             state: FREE,
         };
-        // Only our own tenancy is ours to clear: after a reclaim (or a
-        // reset of the segment) the latch and the critical-section depth
-        // may belong to the slot's next tenant.
+        // Only our own tenancy is ours to clear: after a reset of the
+        // segment (or a reclaim that misjudged us) the latch and the
+        // critical-section depth may belong to the slot's next tenant.
+        let active = SlotStatus {
+            state: ACTIVE,
+            ..free
+        };
         if slot.status() != active {
             return;
         }
         slot.latch().hand_over(0);
         slot.reset_critical();
-        // Fails only if someone reclaimed the slot from under us (they judged
-        // us dead) or shared memory was overwritten; either way it is not
-        // ours to free any more.
-        if slot.transition(active, free).is_ok() {
-            let array = &self.array;
-            // Contended or corrupt: the slot leaks until the next reset,
-            // which a corrupt list gets anyway.
-            let _ = array
-                .free_list(self.kind, array.home_shard())
-                .push(handle.index - array.config.start(self.kind));
-        }
+        slot.publish(free);
+        let array = &self.array;
+        // Contended or corrupt: the slot leaks until the next reset, which a
+        // corrupt list gets anyway.
+        let _ = array
+            .free_list(self.kind, self.home)
+            .push(handle.index - array.config.start(self.kind));
     }
 }
 
@@ -1111,11 +1112,13 @@ mod tests {
     fn the_home_ticket_is_stable_within_a_process() {
         let s = Storage::new(CONFIG, 8);
         let procs = s.procs();
-        let home = procs.home_shard();
-        assert_eq!(procs.home_shard(), home);
-        let (pid, start) = me::identity();
-        assert_eq!(pid, std::process::id());
-        assert_eq!(start, shmem::liveness::own_start_time());
+        let me = procs.me();
+        assert_eq!(procs.home_shard(), me.home);
+        assert_eq!(me.pid, std::process::id());
+        assert_eq!(me.start_time, shmem::liveness::own_start_time());
+        // A guard gives its slot back to the shard it was taken for.
+        let guard = procs.acquire(Kind::Backend).unwrap();
+        assert_eq!(guard.home, me.home);
     }
 }
 

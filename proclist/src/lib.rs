@@ -17,7 +17,13 @@
 //!
 //! Known limit: a process killed in the few instructions between marking a
 //! slot free and pushing it on the free list (or between popping it and
-//! marking it taken) leaks that slot until the next segment reset.
+//! marking it taken) leaks that slot until the next segment reset. And a
+//! self-attached process that gives its slot back while the postmaster
+//! resets the segment under it can, in an equally short window, push the
+//! slot onto a free list that the reset has just refilled. The slot is then
+//! listed twice: a later pop that finds it in use reports
+//! [`ProcArrayError::Corrupt`] rather than sharing it, and free slots may
+//! be lost from the list until the next reset.
 
 pub mod array;
 pub mod condvar;
