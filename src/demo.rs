@@ -17,7 +17,9 @@
 //! - `ticker` is a state machine (`bgw::statem`): a state timeout fires
 //!   every 250 ms and counts a batch, the PGQ ticker's job.
 //! - `flaky` (no shared memory) fails after a second and is restarted with
-//!   a growing backoff by its supervision group.
+//!   a growing backoff by its supervision group, which allows three
+//!   restarts in 30 s: at the fourth failure (about 5 s in) the group gives
+//!   up and `flaky` shows as `failed` until `postmaster start flaky`.
 //! - `echo` registers its name and answers every call with the request
 //!   (`postmaster call echo hello`).
 //! - `scheduler` runs cron jobs as dynamic workers, keeping their history
@@ -37,7 +39,7 @@ use std::io::{IsTerminal, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use bgw::group::{Backoff, GroupSpec, Intensity};
+use bgw::group::{Backoff, Escalation, GroupSpec, Intensity};
 use bgw::spec::OnCrash;
 use bgw::statem::{Event, EventSource, Message, Runner, StateMachine, Transition, WaitResult};
 use bgw::status::{ShownState, WorkerRow};
@@ -313,9 +315,10 @@ fn run_postmaster(name: &str) -> ! {
         pm.group(
             GroupSpec::new("flaky")
                 .intensity(Intensity {
-                    max_restarts: 20,
-                    period: Duration::from_secs(60),
+                    max_restarts: 3,
+                    period: Duration::from_secs(30),
                 })
+                .escalation(Escalation::StopGroup)
                 .backoff(Backoff {
                     initial: Duration::from_millis(200),
                     max: Duration::from_secs(3),

@@ -7,7 +7,8 @@
 //! "workers":[{"name":S,"group":S,"pid":N,"state":S,"restarts":N,
 //! "starts":N,"last_exit":null|{"code":N}|{"signal":N},"uptime_s":N|null,
 //! "inbox":N|null}]}`, where `state` is one of waiting, backoff, starting,
-//! running, ready, stopping, stopped (by an operator), and `inbox` is the
+//! running, ready, stopping, stopped (by an operator), failed (its group
+//! exceeded its restart intensity and was left stopped), and `inbox` is the
 //! number of messages waiting for the worker (null when it has no inbox).
 
 use std::time::Duration;

@@ -176,6 +176,17 @@ fn the_demo_is_watched_and_steered_from_outside_and_interrupting_it_cleans_up() 
     });
     ok(&["jobs", "remove", "extra", "--name", &segment]);
 
+    // flaky's group gives up after three restarts: failed, until started.
+    wait_until("flaky to show as failed", || {
+        state("flaky", &segment).is_some_and(|(s, _)| s == "failed")
+    });
+    let (_, restarts) = state("flaky", &segment).expect("flaky");
+    assert_eq!(restarts, 3, "the group's intensity: three restarts");
+    ok(&["start", "flaky", "--name", &segment]);
+    wait_until("flaky to run again", || {
+        state("flaky", &segment).is_some_and(|(s, _)| s == "running")
+    });
+
     // Errors a user can act on, each with a non-zero exit.
     assert!(fails(&["call", "nobody", "x", "--name", &segment]).contains("registered names"));
     assert!(fails(&["kill", "nobody", "--name", &segment]).contains("workers: counter"));

@@ -90,6 +90,13 @@ pub enum ExitStatus {
     Signaled(i32),
 }
 
+/// Whether a member of a group that fails (escalates with
+/// [`Escalation::StopGroup`]) stays registered, as failed: unless it was
+/// asked to go, or would never restart after a crash anyway.
+fn kept_when_its_group_fails(w: &WorkerInfo) -> bool {
+    !w.terminating && w.spec.restart_policy().restarts_after(false)
+}
+
 /// Whether `worker` ended with exit 0 and its policy does not start a
 /// finished worker again.
 fn finished_for_good(worker: Option<&WorkerInfo>, status: ExitStatus) -> bool {
@@ -434,6 +441,10 @@ pub struct WorkerInfo {
     /// Stopped by an operator ([`Control::Stop`]): not started until
     /// [`Control::Start`].
     pub suspended: bool,
+    /// Its group gave up ([`Escalation::StopGroup`]): it stays registered
+    /// but is not started until an operator starts it (or any other member
+    /// of the group), which starts the whole group afresh.
+    pub failed: bool,
     /// The supervision group (index; 0 is the root).
     pub group: u32,
     /// Reported ready since its last start.
@@ -688,6 +699,7 @@ impl Core {
             last_exit: None,
             terminating: false,
             suspended: false,
+            failed: false,
             restart_asked: false,
             group,
             ready: false,
@@ -934,7 +946,9 @@ impl Core {
                 // finished worker too (Permanent; `postmaster chaos` found
                 // a permanent worker unregistered for good by an exit 0
                 // inside a critical section).
-                if finished_for_good(self.worker(id), status) || terminating {
+                if (finished_for_good(self.worker(id), status) || terminating)
+                    && !self.kept_by_escalation(id)
+                {
                     self.unregister(id);
                 }
             }
@@ -950,8 +964,10 @@ impl Core {
                 if operator && !terminating {
                     // Stopped or restarted by an operator: it waits (or
                     // starts again at once), whatever its policy says.
-                    if for_group {
-                        let g = self.worker(id).map_or(0, |w| w.group as usize);
+                    let g = self.worker(id).map_or(0, |w| w.group as usize);
+                    if self.groups[g].escalated {
+                        self.settle_escalation(g);
+                    } else if for_group {
                         self.release_held(g, now);
                     }
                     return;
@@ -959,7 +975,9 @@ impl Core {
                 self.after_exit(now, id, status, for_group, ran_for);
             }
             PmState::Resetting { .. } => {
-                if finished_for_good(self.worker(id), status) || terminating {
+                if (finished_for_good(self.worker(id), status) || terminating)
+                    && !self.kept_by_escalation(id)
+                {
                     self.unregister(id);
                 }
                 self.settle(now);
@@ -984,6 +1002,18 @@ impl Core {
         let w = self.worker(id).expect("caller checked");
         let g = w.group as usize;
         let policy = w.spec.restart_policy();
+        if self.groups[g].escalated {
+            // Stopped by its group's escalation (or gone while it stops):
+            // kept as failed whatever its exit, as a group restart keeps
+            // the siblings it stops, unless it was to go anyway.
+            if !kept_when_its_group_fails(w) {
+                self.unregister(id);
+            } else {
+                self.worker_mut(id).expect("checked").state = RunState::Held;
+            }
+            self.settle_escalation(g);
+            return;
+        }
         if for_group {
             // Stopped by its group's restart: wait for the others.
             if w.terminating || policy == Restart::Temporary {
@@ -996,11 +1026,6 @@ impl Core {
         }
         if w.terminating || !policy.restarts_after(status.is_finished()) {
             self.unregister(id);
-            return;
-        }
-        if self.groups[g].escalated {
-            self.worker_mut(id).expect("checked").state = RunState::Held;
-            self.settle_escalation(g);
             return;
         }
         let spec = self.groups[g].spec.clone();
@@ -1143,7 +1168,10 @@ impl Core {
         }
     }
 
-    /// An escalated group whose workers are all down loses them for good.
+    /// Once every worker of an escalated group is down, the group has
+    /// failed: its members stay registered, marked failed, and start again
+    /// only when an operator revives the group ([`Core::revive_group`]).
+    /// Members that would never restart after a crash go for good.
     fn settle_escalation(&mut self, g: usize) {
         let live = self.workers().any(|w| {
             w.group as usize == g && (w.state.pid().is_some() || w.state == RunState::Forking)
@@ -1157,7 +1185,41 @@ impl Core {
             .map(|w| w.id)
             .collect();
         for m in members {
-            self.unregister(m);
+            let w = self.worker_mut(m).expect("listed above");
+            if !kept_when_its_group_fails(w) {
+                self.unregister(m);
+            } else {
+                w.failed = true;
+                w.state = RunState::Held;
+            }
+        }
+    }
+
+    /// Whether `id` belongs to an escalated group that keeps it, whatever
+    /// its exit (see [`kept_when_its_group_fails`]).
+    fn kept_by_escalation(&self, id: WorkerId) -> bool {
+        self.worker(id).is_some_and(|w| {
+            self.groups[w.group as usize].escalated && kept_when_its_group_fails(w)
+        })
+    }
+
+    /// An operator started a member of a failed group: the group starts
+    /// afresh, as if just added. Its restart history is forgotten, and
+    /// every failed member not stopped by an operator starts at once.
+    fn revive_group(&mut self, g: usize) {
+        let group = &mut self.groups[g];
+        group.escalated = false;
+        group.window = RestartWindow::default();
+        group.pending_delay = None;
+        for slot in &mut self.slots {
+            let Some(w) = slot.worker.as_mut() else {
+                continue;
+            };
+            if w.group as usize == g && w.failed {
+                w.failed = false;
+                w.failures = 0;
+                w.state = RunState::Waiting { not_before: None };
+            }
         }
     }
 
@@ -1227,6 +1289,11 @@ impl Core {
             Control::Start | Control::Restart => {
                 w.suspended = false;
                 w.failures = 0;
+                if w.failed {
+                    let g = w.group as usize;
+                    self.revive_group(g);
+                    return;
+                }
                 match w.state {
                     RunState::Waiting { .. } => w.state = RunState::Waiting { not_before: None },
                     RunState::Running { .. } if op == Control::Restart => {
@@ -1352,6 +1419,13 @@ impl Core {
         }
         for group in &mut self.groups {
             group.pending_delay = None;
+        }
+        // A group that escalated while the reset was under way could not
+        // settle then (nothing settles during a reset): it does now.
+        for g in 0..self.groups.len() {
+            if self.groups[g].escalated {
+                self.settle_escalation(g);
+            }
         }
     }
 
@@ -1507,5 +1581,215 @@ impl Core {
                     || o.reg_seq >= w.reg_seq
                     || (matches!(o.state, RunState::Running { .. }) && o.ready)
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::Intensity;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    /// A core with one group ("g": one for one, one restart a minute,
+    /// stop the group on escalation) holding workers `a` and `b`.
+    fn core_with_group() -> (Core, WorkerId, WorkerId) {
+        let mut core = Core::new(CoreConfig::default());
+        core.add_group(
+            GroupSpec::new("g")
+                .intensity(Intensity {
+                    max_restarts: 1,
+                    period: Duration::from_secs(60),
+                })
+                .escalation(Escalation::StopGroup),
+        )
+        .unwrap();
+        let spec = |name| {
+            WorkerSpec::new(name)
+                .group("g")
+                .restart(Restart::After(SEC))
+        };
+        let a = core.register(spec("a"), false).unwrap();
+        let b = core.register(spec("b"), false).unwrap();
+        (core, a, b)
+    }
+
+    /// Ticks at `now` and answers every fork with pid `next_pid++`;
+    /// returns the workers forked.
+    fn tick_and_fork(core: &mut Core, now: Duration, next_pid: &mut u32) -> Vec<WorkerId> {
+        let mut forked = Vec::new();
+        for _ in 0..8 {
+            core.tick(now);
+            let mut any = false;
+            while let Some(action) = core.next_action() {
+                if let Action::Fork { worker } = action {
+                    core.handle(
+                        now,
+                        Event::Forked {
+                            worker,
+                            pid: *next_pid,
+                        },
+                    );
+                    *next_pid += 1;
+                    forked.push(worker);
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+        forked
+    }
+
+    /// A worker outside the group, restarted after crashes.
+    fn outsider() -> WorkerSpec {
+        WorkerSpec::new("other").restart(Restart::After(SEC))
+    }
+
+    fn pid_of(core: &Core, id: WorkerId) -> u32 {
+        core.worker(id)
+            .and_then(|w| w.state.pid())
+            .expect("running")
+    }
+
+    fn exit(core: &mut Core, now: Duration, id: WorkerId, status: ExitStatus) {
+        let pid = pid_of(core, id);
+        core.handle(
+            now,
+            Event::ChildExited {
+                pid,
+                status,
+                slot: SlotReport::Clean,
+            },
+        );
+    }
+
+    /// Drives `a` over its group's intensity; `b` is stopped with it and
+    /// the group is left failed.
+    fn fail_the_group(core: &mut Core, a: WorkerId, b: WorkerId, pid: &mut u32) -> Duration {
+        assert_eq!(tick_and_fork(core, Duration::ZERO, pid).len(), 2);
+        exit(core, SEC, a, ExitStatus::Code(1));
+        assert_eq!(
+            tick_and_fork(core, 3 * SEC, pid),
+            vec![a],
+            "one restart allowed"
+        );
+        exit(core, 4 * SEC, a, ExitStatus::Code(1));
+        // Escalated: b gets SIGTERM and nothing starts again.
+        assert_eq!(core.stats().escalations, 1);
+        assert!(matches!(
+            core.worker(b).unwrap().state,
+            RunState::Stopping { .. }
+        ));
+        exit(core, 5 * SEC, b, ExitStatus::Code(0));
+        assert!(tick_and_fork(core, 60 * SEC, pid).is_empty());
+        60 * SEC
+    }
+
+    #[test]
+    fn a_stopped_group_keeps_its_workers_as_failed() {
+        let (mut core, a, b) = core_with_group();
+        let mut pid = 100;
+        fail_the_group(&mut core, a, b, &mut pid);
+        for id in [a, b] {
+            let w = core.worker(id).expect("still registered");
+            assert!(w.failed, "{} failed", w.spec.name());
+            assert_eq!(w.state, RunState::Held);
+        }
+        assert!(core.stats().restarts == 1);
+    }
+
+    #[test]
+    fn starting_a_failed_worker_starts_its_whole_group_afresh() {
+        let (mut core, a, b) = core_with_group();
+        let mut pid = 100;
+        let now = fail_the_group(&mut core, a, b, &mut pid);
+        core.handle(
+            now,
+            Event::Control {
+                worker: b,
+                op: Control::Start,
+            },
+        );
+        let mut started = tick_and_fork(&mut core, now, &mut pid);
+        started.sort_by_key(|id| id.index);
+        assert_eq!(started, vec![a, b], "both members start at once");
+        assert!(core.workers().all(|w| !w.failed));
+        // The restart history is forgotten: one failure is again allowed.
+        exit(&mut core, now + SEC, a, ExitStatus::Code(1));
+        assert_eq!(tick_and_fork(&mut core, now + 3 * SEC, &mut pid), vec![a]);
+        assert_eq!(core.stats().escalations, 1);
+    }
+
+    #[test]
+    fn a_failed_worker_stopped_by_an_operator_stays_stopped_when_its_group_revives() {
+        let (mut core, a, b) = core_with_group();
+        let mut pid = 100;
+        let now = fail_the_group(&mut core, a, b, &mut pid);
+        core.handle(
+            now,
+            Event::Control {
+                worker: a,
+                op: Control::Stop,
+            },
+        );
+        assert!(core.worker(a).unwrap().suspended);
+        core.handle(
+            now,
+            Event::Control {
+                worker: b,
+                op: Control::Restart,
+            },
+        );
+        assert_eq!(tick_and_fork(&mut core, now, &mut pid), vec![b]);
+        let a_now = core.worker(a).unwrap();
+        assert!(a_now.suspended && a_now.state.pid().is_none());
+    }
+
+    #[test]
+    fn a_reset_leaves_a_failed_group_failed() {
+        let (mut core, a, b) = core_with_group();
+        let mut pid = 100;
+        let now = fail_the_group(&mut core, a, b, &mut pid);
+        let other = core.register(outsider(), false).unwrap();
+        assert_eq!(tick_and_fork(&mut core, now, &mut pid), vec![other]);
+        exit(&mut core, now, other, ExitStatus::Signaled(9));
+        while let Some(action) = core.next_action() {
+            if action == Action::ResetSegment {
+                core.handle(now, Event::ResetDone);
+            }
+        }
+        assert_eq!(core.state(), PmState::Running);
+        assert_eq!(tick_and_fork(&mut core, now, &mut pid), vec![other]);
+        assert!(core.worker(a).unwrap().failed && core.worker(b).unwrap().failed);
+    }
+
+    #[test]
+    fn a_group_that_escalates_during_a_reset_fails_once_the_reset_is_done() {
+        let (mut core, a, b) = core_with_group();
+        let mut pid = 100;
+        let other = core.register(outsider(), false).unwrap();
+        assert_eq!(tick_and_fork(&mut core, Duration::ZERO, &mut pid).len(), 3);
+        exit(&mut core, SEC, a, ExitStatus::Code(1));
+        assert_eq!(tick_and_fork(&mut core, 3 * SEC, &mut pid), vec![a]);
+        // a's second failure escalates the group; while b is being
+        // stopped, a crash elsewhere starts a reset, during which nothing
+        // settles.
+        exit(&mut core, 4 * SEC, a, ExitStatus::Code(1));
+        exit(&mut core, 4 * SEC, other, ExitStatus::Signaled(9));
+        exit(&mut core, 4 * SEC, b, ExitStatus::Code(0));
+        let mut reset = false;
+        while let Some(action) = core.next_action() {
+            if action == Action::ResetSegment {
+                reset = true;
+                core.handle(4 * SEC, Event::ResetDone);
+            }
+        }
+        assert!(reset);
+        let started = tick_and_fork(&mut core, 10 * SEC, &mut pid);
+        assert_eq!(started, vec![other], "only the worker outside the group");
+        let failed = [a, b].map(|id| core.worker(id).is_some_and(|w| w.failed));
+        assert_eq!(failed, [true, true]);
     }
 }

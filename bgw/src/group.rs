@@ -10,7 +10,8 @@
 //! Escalation stops the group's workers in reverse start order and then,
 //! as a top-level supervisor does in OTP, shuts the postmaster down with a
 //! log line that names the worker and its recent exits, unless the group
-//! says to just stay stopped. Groups do not nest (yet): every group is a
+//! says to just stay stopped (its workers then show as failed until an
+//! operator starts one of them). Groups do not nest (yet): every group is a
 //! child of the postmaster.
 //!
 //! Every worker belongs to a group; those that name none belong to the
@@ -118,8 +119,10 @@ pub enum Escalation {
     /// Shut the postmaster down (exit code 1): OTP's top-level supervisor.
     #[default]
     Shutdown,
-    /// Leave the group stopped (its workers unregistered); everything else
-    /// keeps running.
+    /// Leave the group stopped, everything else running. Its workers stay
+    /// registered and show as failed; starting any of them (`postmaster
+    /// start`) starts the whole group afresh, its restart history
+    /// forgotten.
     StopGroup,
 }
 

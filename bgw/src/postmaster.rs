@@ -1113,7 +1113,10 @@ impl Postmaster {
                     let exits: Vec<String> = exits.iter().map(ToString::to_string).collect();
                     let outcome = match escalation {
                         Escalation::Shutdown => "shutting the postmaster down",
-                        Escalation::StopGroup => "stopping the group",
+                        Escalation::StopGroup => {
+                            "stopping the group; its workers stay failed until one of them \
+                             is started (postmaster start WORKER)"
+                        }
                     };
                     self.log(format_args!(
                         "group {group} exceeded its restart intensity when worker {worker} \

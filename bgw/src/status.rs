@@ -139,10 +139,14 @@ pub enum ShownState {
     /// Stopped by an operator (`postmaster stop`); starts again only when
     /// asked (`postmaster start`).
     Stopped,
+    /// Its group exceeded its restart intensity and was left stopped;
+    /// starts again only when asked (`postmaster start` on any member
+    /// restarts the whole group).
+    Failed,
 }
 
 impl ShownState {
-    const ALL: [ShownState; 7] = [
+    const ALL: [ShownState; 8] = [
         ShownState::Waiting,
         ShownState::Backoff,
         ShownState::Starting,
@@ -150,6 +154,7 @@ impl ShownState {
         ShownState::Ready,
         ShownState::Stopping,
         ShownState::Stopped,
+        ShownState::Failed,
     ];
 
     /// The lowercase name used in tables and JSON.
@@ -162,6 +167,7 @@ impl ShownState {
             ShownState::Ready => "ready",
             ShownState::Stopping => "stopping",
             ShownState::Stopped => "stopped",
+            ShownState::Failed => "failed",
         }
     }
 }
@@ -201,6 +207,7 @@ impl WorkerRow {
     ) -> Self {
         let state = match w.state {
             RunState::Waiting { .. } | RunState::Held if w.suspended => ShownState::Stopped,
+            RunState::Waiting { .. } | RunState::Held if w.failed => ShownState::Failed,
             RunState::Waiting {
                 not_before: Some(at),
             } if at > now_in_core => ShownState::Backoff,

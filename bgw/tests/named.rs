@@ -133,15 +133,6 @@ fn pid_of(events: &[Line], worker: &str, what: &str) -> u32 {
         .unwrap_or_else(|| panic!("no {worker} {what} in {events:#?}"))
 }
 
-/// Waits until `done` holds, or fails the test.
-fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn names(h: &Harness) {
     let mut pm = h.start();
     let events = h.wait_events("echo to register and rival to try", |e| {

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use bgw::group::{Backoff, Escalation, GroupSpec, Intensity, Strategy};
 use bgw::shared::Shared;
 use bgw::spec::OnCrash;
-use bgw::{Postmaster, Restart, WorkerContext, WorkerExit, WorkerResult, WorkerSpec};
+use bgw::status::ShownState;
+use bgw::{Endpoint, Postmaster, Restart, WorkerContext, WorkerExit, WorkerResult, WorkerSpec};
 use common::*;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -37,6 +38,11 @@ fn main() {
                 "exceeding_the_restart_intensity_escalates_to_shutdown",
                 "escalation",
                 escalation,
+            ),
+            (
+                "a_stopped_group_shows_failed_until_an_operator_starts_it",
+                "stop_group",
+                stop_group,
             ),
             ("backoff_doubles_between_restarts", "backoff", backoff),
             (
@@ -169,6 +175,26 @@ fn configure(scenario: &str, pm: &mut Postmaster) -> Vec<WorkerSpec> {
                     .entry("exit_one")
                     .group("fragile")
                     .restart(Restart::Permanent),
+                WorkerSpec::new("bystander").entry("sleeper"),
+            ]
+        }
+        "stop_group" => {
+            pm.group(
+                GroupSpec::new("fragile")
+                    .intensity(Intensity {
+                        max_restarts: 1,
+                        period: Duration::from_secs(60),
+                    })
+                    .backoff(Backoff::NONE)
+                    .escalation(Escalation::StopGroup),
+            )
+            .expect("group");
+            vec![
+                WorkerSpec::new("flaky")
+                    .entry("exit_one")
+                    .group("fragile")
+                    .restart(Restart::Permanent),
+                sleeper_in("sibling", "fragile"),
                 WorkerSpec::new("bystander").entry("sleeper"),
             ]
         }
@@ -334,6 +360,54 @@ fn escalation(h: &Harness) {
         1,
         "everyone is shut down"
     );
+}
+
+fn stop_group(h: &Harness) {
+    let mut pm = h.start();
+    h.wait_events("the bystander to start", |e| {
+        count(e, "bystander", "start") == 1
+    });
+    let segment = h.attach();
+    let shared = Shared::attach(&segment, &test_shared_config()).expect("regions");
+    let state_of = |name: &str| {
+        bgw::status::read_all(shared.status)
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(|r| r.state)
+    };
+    let failed = Some(ShownState::Failed);
+    wait_until("the group to fail", || {
+        state_of("flaky") == failed && state_of("sibling") == failed
+    });
+    let log = pm.log();
+    assert!(log.contains("stopping the group"), "{log}");
+    let events = h.events();
+    assert_eq!(count(&events, "flaky", "start"), 2, "one restart allowed");
+    assert_eq!(
+        count(&events, "sibling", "stop"),
+        1,
+        "stopped with its group"
+    );
+    assert_eq!(count(&events, "bystander", "start"), 1, "left alone");
+    assert!(alive(pm.pid().as_raw() as u32), "the postmaster carries on");
+
+    // Starting any member revives the whole group, history forgotten: flaky
+    // again gets one restart before the group fails a second time.
+    let mut me = Endpoint::attach(shared).expect("a backend endpoint");
+    let answer = me
+        .call_postmaster("start sibling", Duration::from_secs(10))
+        .expect("answer");
+    assert_eq!(answer, "ok");
+    h.wait_events("the group to run again", |e| {
+        count(e, "flaky", "start") == 4 && count(e, "sibling", "start") == 2
+    });
+    wait_until("the group to fail again", || {
+        state_of("flaky") == failed && state_of("sibling") == failed
+    });
+    drop(me);
+    pm.signal(Signal::SIGTERM);
+    assert_eq!(pm.wait_exit(), 0);
+    assert_eq!(count(&h.events(), "bystander", "start"), 1);
 }
 
 fn backoff(h: &Harness) {

@@ -357,3 +357,12 @@ pub fn count(events: &[Line], worker: &str, what: &str) -> usize {
         .filter(|l| l.worker == worker && l.what == what)
         .count()
 }
+
+/// Waits until `done` holds, or fails the test.
+pub fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
