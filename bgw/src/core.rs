@@ -771,7 +771,7 @@ impl Core {
                     && w.state == RunState::Forking
                 {
                     self.stats.fork_failures += 1;
-                    let retry = now + self.config.fork_retry_delay;
+                    let retry = now.saturating_add(self.config.fork_retry_delay);
                     let w = self.worker_mut(worker).expect("checked above");
                     w.state = RunState::Waiting {
                         not_before: Some(retry),
@@ -1053,7 +1053,9 @@ impl Core {
         match spec.strategy_value() {
             Strategy::OneForOne => {
                 w.state = RunState::Waiting {
-                    not_before: now.checked_add(delay),
+                    // Saturating: an absurd delay means "not in this
+                    // life", never the `None` of "due now".
+                    not_before: Some(now.saturating_add(delay)),
                 };
             }
             strategy => {
@@ -1113,7 +1115,9 @@ impl Core {
         for id in held {
             if let Some(w) = self.worker_mut(id) {
                 w.state = RunState::Waiting {
-                    not_before: now.checked_add(delay),
+                    // Saturating: an absurd delay means "not in this
+                    // life", never the `None` of "due now".
+                    not_before: Some(now.saturating_add(delay)),
                 };
             }
         }
@@ -1685,6 +1689,21 @@ mod tests {
         exit(core, 5 * SEC, b, ExitStatus::Code(0));
         assert!(tick_and_fork(core, 60 * SEC, pid).is_empty());
         60 * SEC
+    }
+
+    #[test]
+    fn a_restart_delay_too_long_to_add_never_comes_due() {
+        let mut core = Core::new(CoreConfig::default());
+        let forever = WorkerSpec::new("w").restart(Restart::After(Duration::MAX));
+        let w = core.register(forever, false).unwrap();
+        let mut pid = 100;
+        assert_eq!(tick_and_fork(&mut core, Duration::ZERO, &mut pid), vec![w]);
+        exit(&mut core, SEC, w, ExitStatus::Code(1));
+        assert!(tick_and_fork(&mut core, 2 * SEC, &mut pid).is_empty());
+        assert!(matches!(
+            core.worker(w).unwrap().state,
+            RunState::Waiting { not_before: Some(at) } if at == Duration::MAX
+        ));
     }
 
     #[test]
