@@ -333,6 +333,19 @@ pub struct Postmaster {
 /// The name under which the postmaster's control inbox is registered.
 pub const CONTROL_NAME: &str = "postmaster";
 
+/// Whether the control inbox's proc slot is still the postmaster's active
+/// tenancy `slot` and [`CONTROL_NAME`] still names it.
+fn control_port_intact(shared: &Shared<'_>, slot: SlotHandle) -> bool {
+    let slot_ok = shared.procs.get(slot.index).is_some_and(|proc| {
+        let status = proc.status();
+        status.generation == slot.generation && status.state == proclist::slot::ACTIVE
+    });
+    let name_ok = shared.names.whereis(CONTROL_NAME).is_some_and(|owner| {
+        owner.proc_index == slot.index && owner.proc_generation == slot.generation
+    });
+    slot_ok && name_ok
+}
+
 /// How often the postmaster looks for self-attached processes that died
 /// holding a proc slot (nobody reaps them, so nothing else would tell).
 pub const BACKEND_SWEEP: Duration = Duration::from_secs(1);
@@ -721,6 +734,18 @@ impl Postmaster {
         });
         for name in orphans.iter().filter_map(|n| n.name.as_deref()) {
             self.log(format_args!("name {name:?} had no live owner; released"));
+        }
+        // The one name and slot only the postmaster writes: if they no
+        // longer say what it wrote, someone scribbled over shared memory,
+        // and the rest of the name table is no better.
+        if let Some(slot) = self.control_port
+            && !control_port_intact(&shared, slot)
+        {
+            self.log(format_args!(
+                "the control inbox's name or proc slot was overwritten: \
+                 shared memory is damaged"
+            ));
+            damaged = true;
         }
         if damaged {
             self.core.handle(now, Event::SharedStateCorrupt);
