@@ -1651,6 +1651,10 @@ mod tests {
         WorkerSpec::new("other").restart(Restart::After(SEC))
     }
 
+    fn control(core: &mut Core, now: Duration, worker: WorkerId, op: Control) {
+        core.handle(now, Event::Control { worker, op });
+    }
+
     fn pid_of(core: &Core, id: WorkerId) -> u32 {
         core.worker(id)
             .and_then(|w| w.state.pid())
@@ -1724,13 +1728,7 @@ mod tests {
         let (mut core, a, b) = core_with_group();
         let mut pid = 100;
         let now = fail_the_group(&mut core, a, b, &mut pid);
-        core.handle(
-            now,
-            Event::Control {
-                worker: b,
-                op: Control::Start,
-            },
-        );
+        control(&mut core, now, b, Control::Start);
         let mut started = tick_and_fork(&mut core, now, &mut pid);
         started.sort_by_key(|id| id.index);
         assert_eq!(started, vec![a, b], "both members start at once");
@@ -1746,21 +1744,9 @@ mod tests {
         let (mut core, a, b) = core_with_group();
         let mut pid = 100;
         let now = fail_the_group(&mut core, a, b, &mut pid);
-        core.handle(
-            now,
-            Event::Control {
-                worker: a,
-                op: Control::Stop,
-            },
-        );
+        control(&mut core, now, a, Control::Stop);
         assert!(core.worker(a).unwrap().suspended);
-        core.handle(
-            now,
-            Event::Control {
-                worker: b,
-                op: Control::Restart,
-            },
-        );
+        control(&mut core, now, b, Control::Restart);
         assert_eq!(tick_and_fork(&mut core, now, &mut pid), vec![b]);
         let a_now = core.worker(a).unwrap();
         assert!(a_now.suspended && a_now.state.pid().is_none());

@@ -159,44 +159,34 @@ fn configure(scenario: &str, pm: &mut Postmaster) -> Vec<WorkerSpec> {
                 once("temp", "1", Restart::Temporary),
             ]
         }
-        "escalation" => {
+        "escalation" | "stop_group" => {
+            // flaky fails at once every time; its group allows two restarts
+            // a minute and shuts the postmaster down, or one and stops.
+            let (max_restarts, escalation) = match scenario {
+                "escalation" => (2, Escalation::Shutdown),
+                _ => (1, Escalation::StopGroup),
+            };
             pm.group(
                 GroupSpec::new("fragile")
                     .intensity(Intensity {
-                        max_restarts: 2,
+                        max_restarts,
                         period: Duration::from_secs(60),
                     })
                     .backoff(Backoff::NONE)
-                    .escalation(Escalation::Shutdown),
+                    .escalation(escalation),
             )
             .expect("group");
-            vec![
+            let mut workers = vec![
                 WorkerSpec::new("flaky")
                     .entry("exit_one")
                     .group("fragile")
                     .restart(Restart::Permanent),
                 WorkerSpec::new("bystander").entry("sleeper"),
-            ]
-        }
-        "stop_group" => {
-            pm.group(
-                GroupSpec::new("fragile")
-                    .intensity(Intensity {
-                        max_restarts: 1,
-                        period: Duration::from_secs(60),
-                    })
-                    .backoff(Backoff::NONE)
-                    .escalation(Escalation::StopGroup),
-            )
-            .expect("group");
-            vec![
-                WorkerSpec::new("flaky")
-                    .entry("exit_one")
-                    .group("fragile")
-                    .restart(Restart::Permanent),
-                sleeper_in("sibling", "fragile"),
-                WorkerSpec::new("bystander").entry("sleeper"),
-            ]
+            ];
+            if escalation == Escalation::StopGroup {
+                workers.push(sleeper_in("sibling", "fragile"));
+            }
+            workers
         }
         "backoff" => {
             pm.group(GroupSpec::new("slow").intensity(roomy).backoff(Backoff {
