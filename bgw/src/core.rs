@@ -945,10 +945,10 @@ impl Core {
                 // must not start it again, unless its policy restarts a
                 // finished worker too (Permanent; `postmaster chaos` found
                 // a permanent worker unregistered for good by an exit 0
-                // inside a critical section).
-                if (finished_for_good(self.worker(id), status) || terminating)
-                    && !self.kept_by_escalation(id)
-                {
+                // inside a critical section), or an operator stopped or
+                // restarted it (its exit is theirs, not its own).
+                let kept = (operator && !terminating) || self.kept_by_escalation(id);
+                if (finished_for_good(self.worker(id), status) || terminating) && !kept {
                     self.unregister(id);
                 }
             }
@@ -975,9 +975,8 @@ impl Core {
                 self.after_exit(now, id, status, for_group, ran_for);
             }
             PmState::Resetting { .. } => {
-                if (finished_for_good(self.worker(id), status) || terminating)
-                    && !self.kept_by_escalation(id)
-                {
+                let kept = (operator && !terminating) || self.kept_by_escalation(id);
+                if (finished_for_good(self.worker(id), status) || terminating) && !kept {
                     self.unregister(id);
                 }
                 self.settle(now);
@@ -1306,6 +1305,10 @@ impl Core {
                             self.signal_stop(now, id, Sig::Term);
                         }
                     }
+                    // Still on its way out after a Stop (or being stopped
+                    // anyway): its coming exit is the operator's, and it
+                    // starts again at once.
+                    RunState::Stopping { .. } if running => w.restart_asked = true,
                     _ => {}
                 }
             }
@@ -1413,8 +1416,11 @@ impl Core {
         for id in ids {
             let w = self.worker(id).expect("listed above");
             // A worker that never ran keeps waiting for its start; one that
-            // ran restarts if its policy restarts it after a crash.
-            if w.terminating || w.starts > 0 && !w.spec.restart_policy().restarts_after(false) {
+            // ran restarts if its policy restarts it after a crash; one an
+            // operator stopped stays, stopped, whatever its policy.
+            if w.terminating
+                || !w.suspended && w.starts > 0 && !w.spec.restart_policy().restarts_after(false)
+            {
                 self.unregister(id);
             } else if let Some(w) = self.worker_mut(id) {
                 w.state = RunState::Waiting { not_before: None };

@@ -22,8 +22,8 @@ pub mod world;
 use std::time::Duration;
 
 use crate::core::{
-    Action, Core, CoreConfig, Event, ExitStatus, RegisterError, ShutdownMode, Sig, SlotReport,
-    WorkerId, WorkerStatus,
+    Action, Control, Core, CoreConfig, Event, ExitStatus, RegisterError, ShutdownMode, Sig,
+    SlotReport, WorkerId, WorkerStatus,
 };
 use crate::registry::{
     HandleStatus, IMAGE_WORDS, RegHandle, RegSlot, Registrant, Registry, RegistryOwner,
@@ -798,6 +798,14 @@ pub fn registry_slot_tally(data: &[u8]) -> RegistryTally {
 /// The most steps one `core_events` input plays (then it quiesces).
 pub const CORE_EVENTS_MAX_STEPS: usize = 400;
 
+/// The `core_events` operation byte of an operator command
+/// ([`Step::Control`]). Every byte already meant a step when control was
+/// added, so it took the one byte of the last operation that the committed
+/// corpus never played: it meant `ResetDone`, which 0x0d and the other
+/// bytes of that operation still spell. (The committed corpus decodes to
+/// the same steps as before; check with [`core_events_steps`].)
+pub const CORE_EVENTS_CONTROL_OP: u8 = 0xdf;
+
 /// Decodes one step for `world` from an operation byte and its arguments,
 /// or `None` for an operation that does not apply now (a child exit with
 /// no child alive, a fork report with none outstanding).
@@ -876,6 +884,20 @@ fn core_step(world: &World, op: u8, input: &mut Input<'_>, lagging: bool) -> Opt
                 ShutdownMode::Immediate,
             ][usize::from(op >> 4) % 3],
         ),
+        _ if op == CORE_EVENTS_CONTROL_OP => {
+            // The next byte picks the command (`% 3`: stop, start,
+            // restart) and, with its high bit, a stale id; otherwise one
+            // more byte picks the current worker.
+            let b = input.u8();
+            let op = [Control::Stop, Control::Start, Control::Restart][usize::from(b % 3)];
+            let current = world.current_ids();
+            let worker = if b & 0x80 != 0 || current.is_empty() {
+                world.stale_id()
+            } else {
+                current[usize::from(input.u8()) % current.len()]
+            };
+            Step::Control { worker, op }
+        }
         _ => {
             if op >> 4 == 0 {
                 Step::Quiesce
@@ -901,8 +923,10 @@ fn core_step(world: &World, op: u8, input: &mut Input<'_>, lagging: bool) -> Opt
 /// phase is announced, a current or stale worker is terminated, a dynamic
 /// worker is registered (or a duplicate name refused), shared state is
 /// found corrupt, a segment reset is reported (owed or not), a stranger is
-/// reaped, a shutdown arrives, or the world quiesces. At most
-/// [`CORE_EVENTS_MAX_STEPS`] steps are played.
+/// reaped, a shutdown arrives, or the world quiesces; the byte
+/// [`CORE_EVENTS_CONTROL_OP`] is an operator's stop, start or restart of a
+/// current or stale worker. At most [`CORE_EVENTS_MAX_STEPS`] steps are
+/// played.
 ///
 /// Properties: no panic; every check of the model (see [`world`]) holds
 /// after every step and at rest.
@@ -915,13 +939,25 @@ pub fn core_events(data: &[u8]) {
 /// [`core_events`] without the panic: what the run reached, or the failed
 /// check with the trace.
 pub fn core_events_checked(data: &[u8]) -> Result<world::Tally, String> {
+    core_events_run(data).1
+}
+
+/// The steps `data` decodes to, as [`core_events`] plays them (the final
+/// quiescing included; a run that fails a check ends with the step that
+/// failed). For looking at a corpus file, and for checking that a change
+/// of the decoder leaves the committed corpus meaning what it meant.
+pub fn core_events_steps(data: &[u8]) -> Vec<Step> {
+    core_events_run(data).0
+}
+
+fn core_events_run(data: &[u8]) -> (Vec<Step>, Result<world::Tally, String>) {
     let mut input = Input(data);
+    let mut trace: Vec<Step> = Vec::new();
     let Some(first) = input.byte() else {
-        return Ok(world::Tally::default());
+        return (trace, Ok(world::Tally::default()));
     };
     let lagging = first & 1 == 1;
     let mut world = World::new(lagging);
-    let mut trace: Vec<Step> = Vec::new();
     let fail = |trace: &[Step], message: String, world: &World| {
         let mut text = format!("core_events (lagging={lagging}): {message}\ntrace:\n");
         for (i, step) in trace.iter().enumerate() {
@@ -939,12 +975,14 @@ pub fn core_events_checked(data: &[u8]) -> Result<world::Tally, String> {
         };
         trace.push(step.clone());
         if let Err(message) = world.apply(&step) {
-            return Err(fail(&trace, message, &world));
+            let failure = fail(&trace, message, &world);
+            return (trace, Err(failure));
         }
     }
     trace.push(Step::Quiesce);
-    world
+    let result = world
         .apply(&Step::Quiesce)
-        .map_err(|message| fail(&trace, message, &world))?;
-    Ok(world.tally)
+        .map_err(|message| fail(&trace, message, &world))
+        .map(|()| world.tally);
+    (trace, result)
 }

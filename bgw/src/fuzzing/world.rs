@@ -20,6 +20,37 @@
 //! shutdown is not reported and SIGQUITs nobody ("on its way out anyway";
 //! PostgreSQL would SIGQUIT the others), and a phase announced while a
 //! reset is under way is forgotten when the reset completes.
+//!
+//! # Operator commands
+//!
+//! [`Step::Control`] plays an operator's stop, start or restart
+//! (`core::Control`). From the core's documentation: a stale id acts on
+//! nothing, and a worker asked to terminate ignores the operator. Stop
+//! SIGTERMs a running child (SIGKILL after its shutdown timeout) and keeps
+//! the worker stopped (`WorkerInfo::suspended`), whatever its restart
+//! type, until Start: it is never forked, and its exit while the launcher
+//! runs (not a crash) is no failure: no restart counted
+//! (`CoreStats::restarts`), no restart delay, not unregistered even by exit
+//! 0 or restart=never. Start lifts the stop and makes a waiting worker due
+//! at once (a restart delay or fork retry is skipped; a restart=never
+//! worker that ran gets another run). Restart of a running child SIGTERMs
+//! it and, after its exit (no failure either), forks it again at once; of
+//! a waiting worker it is a Start. At rest a stopped worker is neither
+//! running nor due. A crash of a stopped worker is a crash: the reset
+//! decides, and a reset starts no stopped worker (and, as it documents,
+//! forgets a restart=never one that ran, stopped or not).
+//!
+//! One choice the documentation leaves open is modelled as the core makes
+//! it: while a reset or a shutdown is under way a command sends no signal
+//! (the reset's SIGQUIT or the shutdown's order stands) but still takes (a
+//! worker stopped during a reset is not started by it). Two
+//! departures from the documentation are modelled as the core stands, so
+//! that the rest stays checked around them, each with an ignored test in
+//! `bgw/tests/core_explore.rs` that fails until the core is fixed: Start or
+//! Restart of a worker whose child is still stopping after a Stop only
+//! lifts the stop, so that child's exit counts as a failure again; and a
+//! stopped worker's exit 0 with a dirty slot (a crash) ends its
+//! registration like a finished worker's.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -27,8 +58,8 @@ use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
 use crate::core::{
-    Action, Core, CoreConfig, CoreStats, Event, ExitStatus, PmState, RegisterError, RunState,
-    ShutdownMode, Sig, SlotReport, WorkerId, WorkerStatus,
+    Action, Control, Core, CoreConfig, CoreStats, Event, ExitStatus, PmState, RegisterError,
+    RunState, ShutdownMode, Sig, SlotReport, WorkerId, WorkerStatus,
 };
 use crate::spec::{OnCrash, Phase, Restart, WorkerSpec};
 
@@ -80,6 +111,9 @@ pub fn static_specs() -> Vec<WorkerSpec> {
             .shutdown_timeout(Duration::from_secs(1)),
     ]
 }
+
+/// The workers [`World::choices`] offers operator commands for.
+const CONTROLLED: &[&str] = &["alpha", "gamma"];
 
 /// Dynamic registrations take the first of these names not in use.
 const DYNAMIC_NAMES: [&str; 3] = ["dyn-a", "dyn-b", "dyn-c"];
@@ -161,6 +195,14 @@ pub enum Step {
     /// Let the world come to rest and check that every registration ended
     /// started, or stopped with its registrant notified.
     Quiesce,
+    /// An operator stops, starts or restarts a worker (current or stale:
+    /// the world knows which).
+    Control {
+        /// The worker.
+        worker: WorkerId,
+        /// What the operator asks.
+        op: Control,
+    },
 }
 
 /// A child the world believes alive.
@@ -201,11 +243,23 @@ struct Reg {
     /// `Status::Stopped` seen.
     stopped: u32,
     exits: u32,
-    /// It exited with status 0 (finished).
+    /// It exited with status 0 (finished), and that exit was its own
+    /// (not the answer to an operator's stop or restart).
     finished: bool,
     /// Registration order: among workers due at once, the core starts the
     /// earliest registered.
     reg_seq: u64,
+    /// Stopped by an operator ([`Control::Stop`]) and not started since:
+    /// never forked, and its exit while the launcher runs is no failure.
+    suspended: bool,
+    /// Restarted by an operator ([`Control::Restart`]) while it ran: its
+    /// exit is no failure, and it is due again at once.
+    restart_asked: bool,
+    /// Successful forks since it was registered or an operator last
+    /// started it: a restart=never worker runs once per such start.
+    forks_since_start: u32,
+    /// Restarts after failures (the core's `WorkerInfo::restarts`).
+    restarts: u64,
 }
 
 /// What a run did, to show that random runs reach the interesting states.
@@ -227,6 +281,11 @@ pub struct Tally {
     pub unregistered: u64,
     /// Runs that ended in Exit.
     pub exits: u64,
+    /// Operator commands played on a current worker that does not ignore
+    /// them.
+    pub controls: u64,
+    /// Exits that answered an operator's stop or restart (no failure).
+    pub operator_exits: u64,
 }
 
 impl std::ops::AddAssign for Tally {
@@ -239,6 +298,8 @@ impl std::ops::AddAssign for Tally {
         self.kills += other.kills;
         self.unregistered += other.unregistered;
         self.exits += other.exits;
+        self.controls += other.controls;
+        self.operator_exits += other.operator_exits;
     }
 }
 
@@ -285,6 +346,12 @@ pub struct World {
     contain_expected: Option<WorkerId>,
     unregistered_this_step: Vec<WorkerId>,
     actions_this_step: usize,
+    /// Restarts after failures, all registrations together (the core's
+    /// `CoreStats::restarts`).
+    restarts: u64,
+    /// An operator command acted on a current worker: from then on
+    /// [`World::choices`] offers more of them.
+    operator: bool,
 }
 
 impl World {
@@ -326,6 +393,8 @@ impl World {
             contain_expected: None,
             unregistered_this_step: Vec::new(),
             actions_this_step: 0,
+            restarts: 0,
+            operator: false,
         }
     }
 
@@ -407,14 +476,16 @@ impl World {
     }
 
     /// Whether the model lets a registration start, its delay aside: not
-    /// unregistered nor terminated, not running, its phase reached, and not
-    /// a worker that runs once and ran.
+    /// unregistered nor terminated nor stopped by an operator, not
+    /// running, its phase reached, and not a worker that runs once and ran
+    /// (since it was registered, or an operator last started it).
     fn startable(&self, id: WorkerId, r: &Reg) -> bool {
         !r.unregistered
             && !r.terminated
+            && !r.suspended
             && !self.has_child_or_fork(id)
             && r.spec.start_phase() <= self.phase
-            && (r.forks_ok == 0 || !runs_once(&r.spec))
+            && (r.forks_since_start == 0 || !runs_once(&r.spec))
     }
 
     /// A readable line per child and registration, for failure messages.
@@ -436,13 +507,15 @@ impl World {
             let core_state = self.core.worker(*id).map(|w| w.state);
             let _ = writeln!(
                 s,
-                "  {id} {}: forks_ok={} failed={} terminated={} unregistered={} exits={} core={core_state:?}",
+                "  {id} {}: forks_ok={} failed={} terminated={} unregistered={} exits={} suspended={} restart_asked={} core={core_state:?}",
                 r.spec.name(),
                 r.forks_ok,
                 r.forks_failed,
                 r.terminated,
                 r.unregistered,
-                r.exits
+                r.exits,
+                r.suspended,
+                r.restart_asked
             );
         }
         s
@@ -496,6 +569,7 @@ impl World {
             Step::ResetDone => self.reset_done()?,
             Step::Register(variant) => self.register(*variant)?,
             Step::RegisterDuplicate(name) => self.register_duplicate(name)?,
+            Step::Control { worker, op } => self.control(*worker, *op)?,
             Step::Quiesce => return self.quiesce(),
         }
         if self.check_whole_state {
@@ -514,6 +588,26 @@ impl World {
             Step::Shutdown(mode) => self.exited || self.shutdown.is_some_and(|m| *mode <= m),
             Step::Terminate(id) => self.exited || self.is_stale(*id),
             Step::ResetDone => !(self.reset_owed && self.shutdown.is_none() && !self.exited),
+            Step::Control { worker, op } => {
+                if self.exited || self.is_stale(*worker) || self.reg(*worker).terminated {
+                    return true;
+                }
+                let r = self.reg(*worker);
+                let busy = self.has_child_or_fork(*worker);
+                // The first command that acts changes `operator`.
+                self.operator
+                    && match op {
+                        // Already stopped: its child (if any) was signalled.
+                        Control::Stop => r.suspended,
+                        // Not stopped, and running or being started already.
+                        Control::Start => !r.suspended && busy,
+                        Control::Restart => {
+                            !r.suspended
+                                && self.pending_forks.iter().any(|(w, _)| w == worker)
+                                && self.child_of(*worker).is_none()
+                        }
+                    }
+            }
             _ => false,
         }
     }
@@ -583,9 +677,9 @@ impl World {
             .ok_or("harness: exit of a dead pid")?;
         let id = child.worker;
         let running = self.running();
+        let now = self.now;
         let reg = self.regs.get_mut(&id).expect("child of a registration");
         reg.exits += 1;
-        reg.finished |= status.is_finished();
         // A shared-memory worker's abnormal end (a signal, a code other
         // than 0 and 1, or a proc slot left active) forces a reset, unless
         // its policy contains it and the slot proves the death clean; a
@@ -595,13 +689,38 @@ impl World {
         let crash = slot == SlotReport::Dirty
             || (shmem && abnormal && reg.spec.crash_policy() == OnCrash::ResetAll);
         let contained = running && !crash && shmem && abnormal;
-        if running
-            && !crash
-            && let Restart::After(delay) = reg.spec.restart_policy()
-        {
-            reg.earliest = self.now + delay;
+        // An exit that answers an operator's stop or restart is no failure
+        // (`Control`: none of them counts towards restart intensity or
+        // backoff), whatever its status and the worker's restart type: a
+        // stopped worker stays registered and waits for `Control::Start`,
+        // a restarted one is due again at once. A terminate request wins
+        // (a terminated worker ignores the operator). A crash is a crash:
+        // the reset decides (see `reset_done`), and the restart asked for
+        // is served by the reset's start at once.
+        //
+        // Whatever the exit, crash or reset included, it never ends the
+        // registration of a worker the operator stopped or restarted.
+        let kept = !reg.terminated && (reg.suspended || reg.restart_asked);
+        let operator = running && !crash && kept;
+        reg.restart_asked = false;
+        reg.finished |= status.is_finished() && !kept;
+        if running && !crash {
+            if operator {
+                reg.earliest = now;
+            } else if let Restart::After(delay) = reg.spec.restart_policy() {
+                reg.earliest = now + delay;
+            }
         }
-        let gone_for_good = reg.terminated || !restarts(&reg.spec, status.is_finished());
+        let gone_for_good =
+            reg.terminated || (!operator && !restarts(&reg.spec, status.is_finished()));
+        if running && !crash && !gone_for_good && !operator {
+            // Restarted per its policy after a failure: counted.
+            reg.restarts += 1;
+            self.restarts += 1;
+        }
+        if operator {
+            self.tally.operator_exits += 1;
+        }
         self.crash_expected = crash && self.crash_must_be_reported();
         self.contain_expected = contained.then_some(id);
         self.core
@@ -623,9 +742,10 @@ impl World {
             ));
         }
         // Exit 0 means finished, crash or not (PostgreSQL forgets such a
-        // worker after a crash reset too). While shutting down the core
-        // may keep it until it exits.
-        if status.is_finished() && !self.exited && self.shutdown.is_none() && !unregistered {
+        // worker after a crash reset too), unless it answered an operator.
+        // While shutting down the core may keep it until it exits.
+        if status.is_finished() && !kept && !self.exited && self.shutdown.is_none() && !unregistered
+        {
             return Err(format!(
                 "{id} finished (exit 0, slot {slot:?}) but stays registered"
             ));
@@ -677,6 +797,80 @@ impl World {
         }
     }
 
+    /// An operator's command (`Control`): what the core documents, step
+    /// by step.
+    fn control(&mut self, id: WorkerId, op: Control) -> Result<(), String> {
+        let event = Event::Control { worker: id, op };
+        if self.exited || self.is_stale(id) || self.reg(id).terminated {
+            // A stale id acts on nothing; a worker asked to go for good
+            // ignores the operator.
+            return self.no_op(event);
+        }
+        // Only a running launcher signals: while a reset is under way
+        // every child already got SIGQUIT, and a shutdown stops each child
+        // its own way (smart: one at a time). The command still takes: a
+        // worker stopped during a reset is not started by it, one started
+        // is.
+        let running = self.running();
+        let unsignalled = self
+            .child_of(id)
+            .filter(|(_, c)| running && !c.signalled)
+            .map(|(pid, _)| pid);
+        let idle = !self.has_child_or_fork(id);
+        let signalled = self.child_of(id).is_some_and(|(_, c)| c.signalled);
+        let reg = self.regs.get_mut(&id).expect("current");
+        let mut term = None;
+        match op {
+            Control::Stop => {
+                // SIGTERM (then SIGKILL after its shutdown timeout) if it
+                // runs; kept stopped, whatever its restart type, until
+                // Start. A restart asked for before is called off.
+                reg.suspended = true;
+                reg.restart_asked = false;
+                term = unsignalled;
+            }
+            Control::Start | Control::Restart => {
+                reg.suspended = false;
+                if idle {
+                    // Start it now: a pending restart delay (or fork
+                    // retry) is skipped, and a restart=never worker that
+                    // ran (and was stopped) gets another run.
+                    reg.earliest = Duration::ZERO;
+                    reg.forks_since_start = 0;
+                } else if op == Control::Restart && unsignalled.is_some() {
+                    // Stop it, and start it again at once once it exits.
+                    reg.restart_asked = true;
+                    reg.forks_since_start = 0;
+                    term = unsignalled;
+                } else if running && signalled {
+                    // Still on its way out (after a Stop): its exit is the
+                    // operator's, and it starts again at once.
+                    reg.restart_asked = true;
+                    reg.forks_since_start = 0;
+                }
+                // Running and not restarted, or being started: nothing to
+                // do.
+            }
+        }
+        self.tally.controls += 1;
+        self.operator = true;
+        self.core.handle(self.now, event);
+        self.drain(false)?;
+        let want = usize::from(term.is_some());
+        if self.actions_this_step != want {
+            return Err(format!(
+                "{op:?} of {id} queued {} actions, expected {want}",
+                self.actions_this_step
+            ));
+        }
+        if let Some(pid) = term
+            && !self.live.get(&pid).is_some_and(|c| c.signalled)
+        {
+            return Err(format!("{op:?} of {id}: pid {pid} was not signalled"));
+        }
+        Ok(())
+    }
+
     fn reset_done(&mut self) -> Result<(), String> {
         let owed = self.reset_owed && self.shutdown.is_none() && !self.exited;
         if !owed {
@@ -693,7 +887,10 @@ impl World {
         let mut must_go = Vec::new();
         for (id, r) in self.regs.iter_mut() {
             r.earliest = Duration::ZERO;
-            if !r.unregistered && (r.terminated || (runs_once(&r.spec) && r.forks_ok > 0)) {
+            // A worker an operator stopped stays, stopped, whatever its
+            // restart type.
+            let ran_once = runs_once(&r.spec) && r.forks_ok > 0 && !r.suspended;
+            if !r.unregistered && (r.terminated || ran_once) {
                 must_go.push(*id);
             }
         }
@@ -780,6 +977,7 @@ impl World {
             let pid = self.next_pid;
             self.next_pid += 1;
             reg.forks_ok += 1;
+            reg.forks_since_start += 1;
             self.tally.forks += 1;
             self.live.insert(
                 pid,
@@ -844,10 +1042,14 @@ impl World {
                 if reg.terminated {
                     return Err(format!("fork of terminated {worker}"));
                 }
-                // restart=never: at most one *successful* fork. A failed
-                // fork is no start (the core retries it; issue 6: "a failed
-                // fork is retried later, never lost").
-                if runs_once(&reg.spec) && reg.forks_ok > 0 {
+                if reg.suspended {
+                    return Err(format!("fork of {worker}, stopped by an operator"));
+                }
+                // restart=never: at most one *successful* fork (per
+                // operator start). A failed fork is no start (the core
+                // retries it; issue 6: "a failed fork is retried later,
+                // never lost").
+                if runs_once(&reg.spec) && reg.forks_since_start > 0 {
                     return Err(format!("restart=never worker {worker} forked twice"));
                 }
                 if self.has_child_or_fork(worker) {
@@ -892,8 +1094,17 @@ impl World {
                         if quit_all || shutdown == Some(ShutdownMode::Immediate) {
                             return Err("SIGTERM where every child gets SIGQUIT".into());
                         }
-                        if shutdown.is_none() && !reg.terminated {
-                            return Err(format!("SIGTERM to {}, never terminated", child.worker));
+                        // Outside a shutdown only a terminate request or an
+                        // operator's stop or restart asks for one.
+                        if shutdown.is_none()
+                            && !reg.terminated
+                            && !reg.suspended
+                            && !reg.restart_asked
+                        {
+                            return Err(format!(
+                                "SIGTERM to {}, never terminated nor stopped by an operator",
+                                child.worker
+                            ));
                         }
                         if shutdown == Some(ShutdownMode::Smart)
                             && let Some(why) = smart_order
@@ -1082,9 +1293,21 @@ impl World {
                     r.exits, r.stopped
                 ));
             }
-            if runs_once(&r.spec) && r.forks_ok > 1 {
-                return Err(format!("restart=never {id} ran {} times", r.forks_ok));
+            if runs_once(&r.spec) && r.forks_since_start > 1 {
+                return Err(format!(
+                    "restart=never {id} ran {} times since it was last started",
+                    r.forks_since_start
+                ));
             }
+        }
+        // Restarts after failures, and only those, are counted: not an
+        // exit that answered an operator, not a reset's start.
+        if self.core.stats().restarts != self.restarts {
+            return Err(format!(
+                "the core counted {} restarts, the model {}",
+                self.core.stats().restarts,
+                self.restarts
+            ));
         }
         if self.exited {
             if self.core.state() != PmState::Exited {
@@ -1125,6 +1348,18 @@ impl World {
                 (Some(w), false) if w.spec != r.spec => {
                     return Err(format!("{id} has another spec"));
                 }
+                (Some(w), false) if w.suspended != r.suspended => {
+                    return Err(format!(
+                        "{id} suspended={}, expected {}",
+                        w.suspended, r.suspended
+                    ));
+                }
+                (Some(w), false) if w.restarts != r.restarts => {
+                    return Err(format!(
+                        "{id} counts {} restarts, expected {}",
+                        w.restarts, r.restarts
+                    ));
+                }
                 _ => {}
             }
         }
@@ -1162,6 +1397,16 @@ impl World {
             }
             if self.shutdown == Some(ShutdownMode::Fast) && !c.signalled {
                 return Err(format!("fast shutdown, but pid {pid} was not signalled"));
+            }
+            // While running, a child asked to stop (terminated, stopped or
+            // restarted by an operator) was signalled, however it came to
+            // be (a late fork report included).
+            let r = self.reg(c.worker);
+            if self.running() && (r.terminated || r.suspended || r.restart_asked) && !c.signalled {
+                return Err(format!(
+                    "pid {pid} of {} was asked to stop (terminated={}, stopped={}, restarting={}) but not signalled",
+                    c.worker, r.terminated, r.suspended, r.restart_asked
+                ));
             }
         }
         if self.shutdown == Some(ShutdownMode::Smart)
@@ -1279,11 +1524,17 @@ impl World {
             }
             let w = self.core.worker(*id).expect("checked by check_state");
             match w.state {
+                // Stopped by an operator: neither running nor due, until
+                // Start.
+                RunState::Running { .. } if w.suspended => {
+                    return Err(format!("at rest, {id} runs though stopped by an operator"));
+                }
+                RunState::Waiting { .. } if w.suspended => {}
                 RunState::Running { .. } => {}
                 RunState::Waiting { .. } if w.spec.start_phase() > self.core.phase() => {}
                 other => {
                     return Err(format!(
-                        "at rest, {id} is {other:?}: neither started nor stopped with its registrant notified"
+                        "at rest, {id} is {other:?}: neither started, stopped by an operator, nor stopped with its registrant notified"
                     ));
                 }
             }
@@ -1358,6 +1609,35 @@ impl World {
         if self.free_name().is_some() {
             steps.push(Step::Register(0));
         }
+        for (id, r) in self.regs.iter() {
+            if !self.operator || r.unregistered || !CONTROLLED.contains(&r.spec.name()) {
+                continue;
+            }
+            steps.push(Step::Control {
+                worker: *id,
+                op: Control::Stop,
+            });
+            steps.push(Step::Control {
+                worker: *id,
+                op: Control::Start,
+            });
+            // A restart differs from a start only for a child not asked to
+            // stop yet: otherwise both lift a stop and make an idle worker
+            // due at once (random runs and the fuzz target play both
+            // everywhere).
+            if self.child_of(*id).is_some_and(|(_, c)| !c.signalled) {
+                steps.push(Step::Control {
+                    worker: *id,
+                    op: Control::Restart,
+                });
+            }
+        }
+        if self.operator {
+            steps.push(Step::Control {
+                worker: self.stale_id(),
+                op: Control::Start,
+            });
+        }
         steps
     }
 
@@ -1389,7 +1669,13 @@ impl World {
         });
         fp.put(self.core.phase());
         for w in self.core.workers() {
-            fp.put((w.id, w.spec.name(), w.terminating, w.starts.min(2)));
+            fp.put((
+                w.id,
+                w.spec.name(),
+                w.terminating,
+                w.suspended,
+                w.starts.min(2),
+            ));
             match w.state {
                 RunState::Waiting { not_before } => fp.put((0, rel(not_before))),
                 RunState::Forking => fp.put(1),
@@ -1406,6 +1692,7 @@ impl World {
             self.exited,
             self.fail_next_fork,
             self.last_unregistered,
+            self.operator,
         ));
         for c in self.live.values() {
             fp.put((
@@ -1440,6 +1727,9 @@ impl World {
                 rel(Some(r.earliest)),
                 r.finished,
                 r.exits.min(1),
+                r.suspended,
+                r.restart_asked,
+                r.forks_since_start.min(2),
             ));
         }
         fp.finish()
@@ -1457,15 +1747,14 @@ impl World {
             workers: self
                 .core
                 .workers()
-                .map(|w| {
-                    (
-                        w.id,
-                        w.state,
-                        w.terminating,
-                        w.starts,
-                        w.last_exit,
-                        w.dynamic,
-                    )
+                .map(|w| WorkerView {
+                    id: w.id,
+                    state: w.state,
+                    terminating: w.terminating,
+                    suspended: w.suspended,
+                    starts: w.starts,
+                    last_exit: w.last_exit,
+                    dynamic: w.dynamic,
                 })
                 .collect(),
         }
@@ -1480,7 +1769,19 @@ struct Snapshot {
     stats: CoreStats,
     live_children: usize,
     timeout: Option<Duration>,
-    workers: Vec<(WorkerId, RunState, bool, u64, Option<ExitStatus>, bool)>,
+    workers: Vec<WorkerView>,
+}
+
+/// What a [`Snapshot`] shows of one worker.
+#[derive(Debug, PartialEq)]
+struct WorkerView {
+    id: WorkerId,
+    state: RunState,
+    terminating: bool,
+    suspended: bool,
+    starts: u64,
+    last_exit: Option<ExitStatus>,
+    dynamic: bool,
 }
 
 /// Two independently mixed 64-bit lanes over the same words: 128 bits make
@@ -1560,6 +1861,10 @@ impl Reg {
             stopped: 0,
             exits: 0,
             finished: false,
+            suspended: false,
+            restart_asked: false,
+            forks_since_start: 0,
+            restarts: 0,
         }
     }
 }
