@@ -97,6 +97,12 @@ fn kept_when_its_group_fails(w: &WorkerInfo) -> bool {
     !w.terminating && w.spec.restart_policy().restarts_after(false)
 }
 
+/// When a wait of `delay` from `now` ends. Saturating: an absurd delay
+/// means "not in this life", never the `None` of "due now".
+fn not_before(now: Duration, delay: Duration) -> Option<Duration> {
+    Some(now.saturating_add(delay))
+}
+
 /// Whether `worker` ended with exit 0 and its policy does not start a
 /// finished worker again.
 fn finished_for_good(worker: Option<&WorkerInfo>, status: ExitStatus) -> bool {
@@ -938,17 +944,22 @@ impl Core {
         let abnormal = !status.is_normal() || report == SlotReport::Abandoned;
         let must_reset =
             report == SlotReport::Dirty || (shmem && abnormal && policy == OnCrash::ResetAll);
+        // An exit an operator asked for (stop, restart) is theirs, not the
+        // worker's own.
+        let for_operator = operator && !terminating;
+        // Whether the exit ends the registration when a reset follows or is
+        // under way. Exit 0 means finished even with a dirty slot: the reset
+        // must not start it again, unless its policy restarts a finished
+        // worker too (Permanent; `postmaster chaos` found a permanent worker
+        // unregistered for good by an exit 0 inside a critical section), or
+        // the exit was an operator's, or its failed group keeps it.
+        let ends_at_reset = (finished_for_good(self.worker(id), status) || terminating)
+            && !for_operator
+            && !self.kept_by_escalation(id);
         match self.state {
             PmState::Running if must_reset => {
                 self.crash(now, Some(id), pid, Some(status));
-                // Exit 0 means finished even with a dirty slot: the reset
-                // must not start it again, unless its policy restarts a
-                // finished worker too (Permanent; `postmaster chaos` found
-                // a permanent worker unregistered for good by an exit 0
-                // inside a critical section), or an operator stopped or
-                // restarted it (its exit is theirs, not its own).
-                let kept = (operator && !terminating) || self.kept_by_escalation(id);
-                if (finished_for_good(self.worker(id), status) || terminating) && !kept {
+                if ends_at_reset {
                     self.unregister(id);
                 }
             }
@@ -961,7 +972,7 @@ impl Core {
                         status,
                     });
                 }
-                if operator && !terminating {
+                if for_operator {
                     // Stopped or restarted by an operator: it waits (or
                     // starts again at once), whatever its policy says.
                     let g = self.worker(id).map_or(0, |w| w.group as usize);
@@ -975,8 +986,7 @@ impl Core {
                 self.after_exit(now, id, status, for_group, ran_for);
             }
             PmState::Resetting { .. } => {
-                let kept = (operator && !terminating) || self.kept_by_escalation(id);
-                if (finished_for_good(self.worker(id), status) || terminating) && !kept {
+                if ends_at_reset {
                     self.unregister(id);
                 }
                 self.settle(now);
@@ -1052,9 +1062,7 @@ impl Core {
         match spec.strategy_value() {
             Strategy::OneForOne => {
                 w.state = RunState::Waiting {
-                    // Saturating: an absurd delay means "not in this
-                    // life", never the `None` of "due now".
-                    not_before: Some(now.saturating_add(delay)),
+                    not_before: not_before(now, delay),
                 };
             }
             strategy => {
@@ -1114,9 +1122,7 @@ impl Core {
         for id in held {
             if let Some(w) = self.worker_mut(id) {
                 w.state = RunState::Waiting {
-                    // Saturating: an absurd delay means "not in this
-                    // life", never the `None` of "due now".
-                    not_before: Some(now.saturating_add(delay)),
+                    not_before: not_before(now, delay),
                 };
             }
         }

@@ -333,17 +333,26 @@ pub struct Postmaster {
 /// The name under which the postmaster's control inbox is registered.
 pub const CONTROL_NAME: &str = "postmaster";
 
-/// Whether the control inbox's proc slot is still the postmaster's active
+/// Whether proc slot `index` is still in use (active or exiting) by its
+/// tenancy `generation`.
+fn tenancy_lasts(shared: &Shared<'_>, index: u32, generation: u32) -> bool {
+    shared.procs.get(index).is_some_and(|slot| {
+        let status = slot.status();
+        status.generation == generation
+            && matches!(
+                status.state,
+                proclist::slot::ACTIVE | proclist::slot::EXITING
+            )
+    })
+}
+
+/// Whether the control inbox's proc slot is still the postmaster's
 /// tenancy `slot` and [`CONTROL_NAME`] still names it.
 fn control_port_intact(shared: &Shared<'_>, slot: SlotHandle) -> bool {
-    let slot_ok = shared.procs.get(slot.index).is_some_and(|proc| {
-        let status = proc.status();
-        status.generation == slot.generation && status.state == proclist::slot::ACTIVE
-    });
-    let name_ok = shared.names.whereis(CONTROL_NAME).is_some_and(|owner| {
+    let named = shared.names.whereis(CONTROL_NAME).is_some_and(|owner| {
         owner.proc_index == slot.index && owner.proc_generation == slot.generation
     });
-    slot_ok && name_ok
+    named && tenancy_lasts(shared, slot.index, slot.generation)
 }
 
 /// How often the postmaster looks for self-attached processes that died
@@ -722,16 +731,9 @@ impl Postmaster {
         }
         // Names whose owner's tenancy is over without anyone having said so
         // (e.g. registered through an endpoint that outlived a reset).
-        let orphans = shared.names.release_if(|owner| {
-            shared.procs.get(owner.proc_index).is_none_or(|slot| {
-                let status = slot.status();
-                status.generation != owner.proc_generation
-                    || !matches!(
-                        status.state,
-                        proclist::slot::ACTIVE | proclist::slot::EXITING
-                    )
-            })
-        });
+        let orphans = shared
+            .names
+            .release_if(|owner| !tenancy_lasts(&shared, owner.proc_index, owner.proc_generation));
         for name in orphans.iter().filter_map(|n| n.name.as_deref()) {
             self.log(format_args!("name {name:?} had no live owner; released"));
         }

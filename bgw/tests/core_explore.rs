@@ -536,15 +536,12 @@ fn bug_sigquit_after_sigkill_left_timeout_zero_until_the_child_was_reaped() {
     assert_eq!(core.timeout(s(60)), None, "nothing is due until the reap");
 }
 
-// Where the core departs from what it documents for operator commands
-// (`Control`: "none of them counts towards restart intensity or backoff";
-// Stop keeps the worker stopped "whatever its restart type says, until
-// Control::Start"; Start "lifts a Control::Stop"; Restart "stops it and
-// starts it again at once"). The model (`bgw::fuzzing::world`) follows the
-// core as it stands in these two corners, so that the rest stays checked
-// there; each test says what the documented behaviour is. Once the core is
-// fixed, drop the `#[ignore]` and the matching "known deviation" in the
-// model.
+// Two places where the core departed from what it documents for operator
+// commands (`Control`: "none of them counts towards restart intensity or
+// backoff"; Stop keeps the worker stopped "whatever its restart type
+// says, until Control::Start"; Start "lifts a Control::Stop"; Restart
+// "stops it and starts it again at once"), found when the model learnt
+// operator commands, and fixed.
 
 /// A core with one worker `w` (restart after 1 s, shared memory as
 /// `shmem` says) running as pid 100 at time zero.

@@ -443,24 +443,26 @@ impl<'a> ProcArray<'a> {
         FreeList::strided(&head.word, &self.links[start..end], self.stride)
     }
 
-    /// The calling thread's pid, its process's start time and its home
-    /// shard (see [`FREE_LIST_SHARDS`]), from one thread-local read.
+    /// The calling thread's pid, its process's start time and its
+    /// home-shard ticket, from one thread-local read.
     #[inline]
     fn me(&self) -> Me {
-        let (pid, start_time, ticket) = me::lookup(&self.heads[0].tickets);
-        Me {
-            pid,
-            start_time,
-            // A mask, not `%`: shards is a power of two (from_parts checks),
-            // and a division costs more than the rest of this function.
-            home: ticket & (self.shards - 1),
-        }
+        me::lookup(&self.heads[0].tickets)
+    }
+
+    /// The home shard (see [`FREE_LIST_SHARDS`]) of the thread that drew
+    /// `ticket`.
+    #[inline]
+    fn home_of(&self, ticket: u32) -> u32 {
+        // A mask, not `%`: shards is a power of two (from_parts checks),
+        // and a division costs more than the rest of this function.
+        ticket & (self.shards - 1)
     }
 
     /// The calling thread's home shard.
     #[inline]
     fn home_shard(&self) -> u32 {
-        self.me().home
+        self.home_of(self.me().ticket)
     }
 
     /// The configuration.
@@ -575,9 +577,10 @@ impl<'a> ProcArray<'a> {
         owner_tag: u64,
     ) -> Result<SlotGuard<'a>, ProcArrayError> {
         let me = self.me();
-        let (index, free) = self.take(kind, me.home)?;
+        let home = self.home_of(me.ticket);
+        let (index, free) = self.take(kind, home)?;
         let slot = &self.slots[index as usize];
-        slot.set_identity(me.pid, me.start_time, kind as u32, owner_tag);
+        slot.set_identity(me.pid, me.start, kind as u32, owner_tag);
         slot.latch().hand_over(me.pid);
         let active = SlotStatus {
             generation: free.generation.wrapping_add(1),
@@ -591,7 +594,7 @@ impl<'a> ProcArray<'a> {
                 generation: active.generation,
             },
             kind,
-            home: me.home,
+            home,
         })
     }
 
@@ -630,7 +633,7 @@ impl<'a> ProcArray<'a> {
             return Err(stale(handle, current));
         }
         let me = self.me();
-        slot.set_identity(me.pid, me.start_time, slot.kind(), slot.owner_tag());
+        slot.set_identity(me.pid, me.start, slot.kind(), slot.owner_tag());
         slot.latch().hand_over(me.pid);
         slot.transition(
             assigned,
@@ -807,6 +810,17 @@ fn corrupt_pop(kind: Kind, index: u32, status: SlotStatus) -> ProcArrayError {
     ))
 }
 
+/// The calling thread as the hot path needs it (see [`me`]).
+#[derive(Clone, Copy)]
+struct Me {
+    /// 0 until filled; the pid the rest belongs to.
+    pid: u32,
+    /// Its home-shard ticket.
+    ticket: u32,
+    /// Its process's start time.
+    start: u64,
+}
+
 /// What the calling thread needs on the hot path, cached per thread: its
 /// process's pid (from [`latch::pid::current`], itself cached and refreshed
 /// in a forked child before the child runs any code of ours), the process's
@@ -824,38 +838,34 @@ mod me {
 
     use shmem::sync::{AtomicU32, Ordering};
 
-    #[derive(Clone, Copy)]
-    struct Me {
-        /// 0 until filled; the pid the rest belongs to.
-        pid: u32,
-        ticket: u32,
-        start: u64,
-    }
+    use super::Me;
 
     thread_local! {
         static ME: Cell<Me> = const { Cell::new(Me { pid: 0, ticket: 0, start: 0 }) };
     }
 
-    /// The caller's pid, its process's start time and the thread's
-    /// home-shard ticket (drawn from `tickets` on first use).
+    /// The caller, its home-shard ticket drawn from `tickets` on first use.
     #[inline]
-    pub(super) fn lookup(tickets: &AtomicU32) -> (u32, u64, u32) {
+    pub(super) fn lookup(tickets: &AtomicU32) -> Me {
         let pid = latch::pid::current();
         let me = ME.get();
         if me.pid == pid {
-            return (pid, me.start, me.ticket);
+            return me;
         }
         fill(pid, tickets)
     }
 
     #[cold]
-    fn fill(pid: u32, tickets: &AtomicU32) -> (u32, u64, u32) {
-        // Relaxed: the counter only hands out distinct numbers; nothing is
-        // published with it.
-        let ticket = tickets.fetch_add(1, Ordering::Relaxed);
-        let start = shmem::liveness::own_start_time_as(pid);
-        ME.set(Me { pid, ticket, start });
-        (pid, start, ticket)
+    fn fill(pid: u32, tickets: &AtomicU32) -> Me {
+        let me = Me {
+            pid,
+            // Relaxed: the counter only hands out distinct numbers; nothing
+            // is published with it.
+            ticket: tickets.fetch_add(1, Ordering::Relaxed),
+            start: shmem::liveness::own_start_time_as(pid),
+        };
+        ME.set(me);
+        me
     }
 }
 
@@ -866,9 +876,15 @@ mod me {
 mod me {
     use shmem::sync::AtomicU32;
 
-    pub(super) fn lookup(_tickets: &AtomicU32) -> (u32, u64, u32) {
+    use super::Me;
+
+    pub(super) fn lookup(_tickets: &AtomicU32) -> Me {
         let pid = latch::pid::current();
-        (pid, shmem::liveness::own_start_time_as(pid), 0)
+        Me {
+            pid,
+            ticket: 0,
+            start: shmem::liveness::own_start_time_as(pid),
+        }
     }
 }
 
@@ -882,14 +898,6 @@ fn stale_at(index: u32, generation: u32, found: SlotStatus) -> ProcArrayError {
         generation,
         found: format!("generation {} {}", found.generation, found.state_name()),
     }
-}
-
-/// The calling thread as the hot path needs it; see [`me`].
-#[derive(Clone, Copy)]
-struct Me {
-    pid: u32,
-    start_time: u64,
-    home: u32,
 }
 
 /// A slot held by the calling process; gives it back when dropped.
@@ -1113,12 +1121,13 @@ mod tests {
         let s = Storage::new(CONFIG, 8);
         let procs = s.procs();
         let me = procs.me();
-        assert_eq!(procs.home_shard(), me.home);
+        let home = procs.home_of(me.ticket);
+        assert_eq!(procs.home_shard(), home);
         assert_eq!(me.pid, std::process::id());
-        assert_eq!(me.start_time, shmem::liveness::own_start_time());
+        assert_eq!(me.start, shmem::liveness::own_start_time());
         // A guard gives its slot back to the shard it was taken for.
         let guard = procs.acquire(Kind::Backend).unwrap();
-        assert_eq!(guard.home, me.home);
+        assert_eq!(guard.home, home);
     }
 }
 

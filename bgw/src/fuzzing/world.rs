@@ -28,29 +28,23 @@
 //! nothing, and a worker asked to terminate ignores the operator. Stop
 //! SIGTERMs a running child (SIGKILL after its shutdown timeout) and keeps
 //! the worker stopped (`WorkerInfo::suspended`), whatever its restart
-//! type, until Start: it is never forked, and its exit while the launcher
-//! runs (not a crash) is no failure: no restart counted
-//! (`CoreStats::restarts`), no restart delay, not unregistered even by exit
-//! 0 or restart=never. Start lifts the stop and makes a waiting worker due
-//! at once (a restart delay or fork retry is skipped; a restart=never
-//! worker that ran gets another run). Restart of a running child SIGTERMs
-//! it and, after its exit (no failure either), forks it again at once; of
-//! a waiting worker it is a Start. At rest a stopped worker is neither
-//! running nor due. A crash of a stopped worker is a crash: the reset
-//! decides, and a reset starts no stopped worker (and, as it documents,
-//! forgets a restart=never one that ran, stopped or not).
+//! type, until Start: it is never forked, and whatever its exit (exit 0,
+//! a crash, during a reset) its registration does not end; while the
+//! launcher runs, an exit that is not a crash is no failure: no restart
+//! counted (`CoreStats::restarts`), no restart delay. Start lifts the stop
+//! and makes a waiting worker due at once (a restart delay or fork retry
+//! is skipped; a restart=never worker that ran gets another run); of a
+//! child still on its way out after a Stop, it asks for a restart.
+//! Restart of a running child SIGTERMs it and, after its exit (no failure
+//! either), forks it again at once; of a waiting worker it is a Start. At
+//! rest a stopped worker is neither running nor due. A crash of a stopped
+//! worker is a crash: the reset decides, and a reset starts no stopped
+//! worker and keeps it, restart=never included.
 //!
 //! One choice the documentation leaves open is modelled as the core makes
 //! it: while a reset or a shutdown is under way a command sends no signal
 //! (the reset's SIGQUIT or the shutdown's order stands) but still takes (a
-//! worker stopped during a reset is not started by it). Two
-//! departures from the documentation are modelled as the core stands, so
-//! that the rest stays checked around them, each with an ignored test in
-//! `bgw/tests/core_explore.rs` that fails until the core is fixed: Start or
-//! Restart of a worker whose child is still stopping after a Stop only
-//! lifts the stop, so that child's exit counts as a failure again; and a
-//! stopped worker's exit 0 with a dirty slot (a crash) ends its
-//! registration like a finished worker's.
+//! worker stopped during a reset is not started by it).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
