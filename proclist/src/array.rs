@@ -443,26 +443,24 @@ impl<'a> ProcArray<'a> {
         FreeList::strided(&head.word, &self.links[start..end], self.stride)
     }
 
-    /// The calling thread's pid, its process's start time and its
-    /// home-shard ticket, from one thread-local read.
+    /// The calling thread's pid, its process's start time and its home
+    /// shard (see [`FREE_LIST_SHARDS`]), from one thread-local read.
     #[inline]
     fn me(&self) -> Me {
-        me::lookup(&self.heads[0].tickets)
-    }
-
-    /// The home shard (see [`FREE_LIST_SHARDS`]) of the thread that drew
-    /// `ticket`.
-    #[inline]
-    fn home_of(&self, ticket: u32) -> u32 {
-        // A mask, not `%`: shards is a power of two (from_parts checks),
-        // and a division costs more than the rest of this function.
-        ticket & (self.shards - 1)
+        let (pid, start_time, ticket) = me::lookup(&self.heads[0].tickets);
+        Me {
+            pid,
+            start_time,
+            // A mask, not `%`: shards is a power of two (from_parts checks),
+            // and a division costs more than the rest of this function.
+            home: ticket & (self.shards - 1),
+        }
     }
 
     /// The calling thread's home shard.
     #[inline]
     fn home_shard(&self) -> u32 {
-        self.home_of(self.me().ticket)
+        self.me().home
     }
 
     /// The configuration.
@@ -577,10 +575,9 @@ impl<'a> ProcArray<'a> {
         owner_tag: u64,
     ) -> Result<SlotGuard<'a>, ProcArrayError> {
         let me = self.me();
-        let home = self.home_of(me.ticket);
-        let (index, free) = self.take(kind, home)?;
+        let (index, free) = self.take(kind, me.home)?;
         let slot = &self.slots[index as usize];
-        slot.set_identity(me.pid, me.start, kind as u32, owner_tag);
+        slot.set_identity(me.pid, me.start_time, kind as u32, owner_tag);
         slot.latch().hand_over(me.pid);
         let active = SlotStatus {
             generation: free.generation.wrapping_add(1),
@@ -594,7 +591,7 @@ impl<'a> ProcArray<'a> {
                 generation: active.generation,
             },
             kind,
-            home,
+            home: me.home,
         })
     }
 
@@ -633,7 +630,7 @@ impl<'a> ProcArray<'a> {
             return Err(stale(handle, current));
         }
         let me = self.me();
-        slot.set_identity(me.pid, me.start, slot.kind(), slot.owner_tag());
+        slot.set_identity(me.pid, me.start_time, slot.kind(), slot.owner_tag());
         slot.latch().hand_over(me.pid);
         slot.transition(
             assigned,
@@ -810,17 +807,6 @@ fn corrupt_pop(kind: Kind, index: u32, status: SlotStatus) -> ProcArrayError {
     ))
 }
 
-/// The calling thread as the hot path needs it (see [`me`]).
-#[derive(Clone, Copy)]
-struct Me {
-    /// 0 until filled; the pid the rest belongs to.
-    pid: u32,
-    /// Its home-shard ticket.
-    ticket: u32,
-    /// Its process's start time.
-    start: u64,
-}
-
 /// What the calling thread needs on the hot path, cached per thread: its
 /// process's pid (from [`latch::pid::current`], itself cached and refreshed
 /// in a forked child before the child runs any code of ours), the process's
@@ -838,34 +824,38 @@ mod me {
 
     use shmem::sync::{AtomicU32, Ordering};
 
-    use super::Me;
+    #[derive(Clone, Copy)]
+    struct Me {
+        /// 0 until filled; the pid the rest belongs to.
+        pid: u32,
+        ticket: u32,
+        start: u64,
+    }
 
     thread_local! {
         static ME: Cell<Me> = const { Cell::new(Me { pid: 0, ticket: 0, start: 0 }) };
     }
 
-    /// The caller, its home-shard ticket drawn from `tickets` on first use.
+    /// The caller's pid, its process's start time and the thread's
+    /// home-shard ticket (drawn from `tickets` on first use).
     #[inline]
-    pub(super) fn lookup(tickets: &AtomicU32) -> Me {
+    pub(super) fn lookup(tickets: &AtomicU32) -> (u32, u64, u32) {
         let pid = latch::pid::current();
         let me = ME.get();
         if me.pid == pid {
-            return me;
+            return (pid, me.start, me.ticket);
         }
         fill(pid, tickets)
     }
 
     #[cold]
-    fn fill(pid: u32, tickets: &AtomicU32) -> Me {
-        let me = Me {
-            pid,
-            // Relaxed: the counter only hands out distinct numbers; nothing
-            // is published with it.
-            ticket: tickets.fetch_add(1, Ordering::Relaxed),
-            start: shmem::liveness::own_start_time_as(pid),
-        };
-        ME.set(me);
-        me
+    fn fill(pid: u32, tickets: &AtomicU32) -> (u32, u64, u32) {
+        // Relaxed: the counter only hands out distinct numbers; nothing is
+        // published with it.
+        let ticket = tickets.fetch_add(1, Ordering::Relaxed);
+        let start = shmem::liveness::own_start_time_as(pid);
+        ME.set(Me { pid, ticket, start });
+        (pid, start, ticket)
     }
 }
 
@@ -876,15 +866,9 @@ mod me {
 mod me {
     use shmem::sync::AtomicU32;
 
-    use super::Me;
-
-    pub(super) fn lookup(_tickets: &AtomicU32) -> Me {
+    pub(super) fn lookup(_tickets: &AtomicU32) -> (u32, u64, u32) {
         let pid = latch::pid::current();
-        Me {
-            pid,
-            ticket: 0,
-            start: shmem::liveness::own_start_time_as(pid),
-        }
+        (pid, shmem::liveness::own_start_time_as(pid), 0)
     }
 }
 
@@ -898,6 +882,14 @@ fn stale_at(index: u32, generation: u32, found: SlotStatus) -> ProcArrayError {
         generation,
         found: format!("generation {} {}", found.generation, found.state_name()),
     }
+}
+
+/// The calling thread as the hot path needs it; see [`me`].
+#[derive(Clone, Copy)]
+struct Me {
+    pid: u32,
+    start_time: u64,
+    home: u32,
 }
 
 /// A slot held by the calling process; gives it back when dropped.
@@ -1121,13 +1113,12 @@ mod tests {
         let s = Storage::new(CONFIG, 8);
         let procs = s.procs();
         let me = procs.me();
-        let home = procs.home_of(me.ticket);
-        assert_eq!(procs.home_shard(), home);
+        assert_eq!(procs.home_shard(), me.home);
         assert_eq!(me.pid, std::process::id());
-        assert_eq!(me.start, shmem::liveness::own_start_time());
+        assert_eq!(me.start_time, shmem::liveness::own_start_time());
         // A guard gives its slot back to the shard it was taken for.
         let guard = procs.acquire(Kind::Backend).unwrap();
-        assert_eq!(guard.home, home);
+        assert_eq!(guard.home, me.home);
     }
 }
 
