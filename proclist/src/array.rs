@@ -501,22 +501,24 @@ impl<'a> ProcArray<'a> {
     /// shard changed, someone pushed or popped: scan again, a bounded number
     /// of times like the list's own retries.
     #[inline(always)]
-    fn take(&self, kind: Kind, home: u32) -> Result<(u32, SlotStatus), ProcArrayError> {
-        if let Popped::Slot(relative) = self.free_list(kind, home).pop_observed()? {
-            return self.check_taken(kind, relative);
+    fn take(&self, kind: Kind, home: u32, list: FreeList<'a>) -> Result<Taken, ProcArrayError> {
+        if let Popped::Slot { index, head } = list.pop_hinted(me::hint())? {
+            return self.check_taken(kind, index, head);
         }
         self.take_elsewhere(kind, home)
     }
 
     /// [`take`](Self::take)'s slow path: the home shard was empty.
     #[cold]
-    fn take_elsewhere(&self, kind: Kind, home: u32) -> Result<(u32, SlotStatus), ProcArrayError> {
+    fn take_elsewhere(&self, kind: Kind, home: u32) -> Result<Taken, ProcArrayError> {
         let mut seen = [0u64; MAX_FREE_LIST_SHARDS];
         for _ in 0..crate::freelist::MAX_ATTEMPTS {
             for step in 0..self.shards {
                 let shard = (home + step) & (self.shards - 1);
                 match self.free_list(kind, shard).pop_observed()? {
-                    Popped::Slot(relative) => return self.check_taken(kind, relative),
+                    // No guess for the push: the slot goes back to another
+                    // shard.
+                    Popped::Slot { index, .. } => return self.check_taken(kind, index, 0),
                     Popped::Empty(word) => seen[shard as usize] = word,
                 }
             }
@@ -535,16 +537,22 @@ impl<'a> ProcArray<'a> {
         Err(FreeListError::Contended.into())
     }
 
-    /// Checks that slot `relative` of `kind`, just popped, is free.
+    /// Checks that slot `relative` of `kind`, just popped leaving the head
+    /// word `head`, is free.
     #[inline(always)]
-    fn check_taken(&self, kind: Kind, relative: u32) -> Result<(u32, SlotStatus), ProcArrayError> {
+    fn check_taken(&self, kind: Kind, relative: u32, head: u64) -> Result<Taken, ProcArrayError> {
         let index = self.config.start(kind) + relative;
         let status = self.slots[index as usize].status();
         if status.state != FREE {
             // Not pushed back: it is someone's. The caller resets the segment.
             return Err(corrupt_pop(kind, index, status));
         }
-        Ok((index, status))
+        Ok(Taken {
+            index,
+            relative,
+            free: status,
+            head,
+        })
     }
 
     /// Takes a slot of `kind` for the calling process, marking it active.
@@ -562,7 +570,10 @@ impl<'a> ProcArray<'a> {
     /// another pid). Winning the pop makes the slot ours alone (nobody else
     /// acts on a FREE slot: reclaimers only touch ACTIVE or EXITING ones),
     /// so the identity, the latch owner and the ACTIVE status are published
-    /// by one release store.
+    /// by one release store. The pop is predicted from what this thread's
+    /// last release left on the list, and the guard keeps what the pop left
+    /// for its own release, so that in a take-and-give-back loop no CAS
+    /// waits on a load (see the free list's docs on hints).
     ///
     /// Always inlined, so that the guard is built in the caller's registers:
     /// returned through memory, it costs a store-forwarding stall (the
@@ -575,7 +586,13 @@ impl<'a> ProcArray<'a> {
         owner_tag: u64,
     ) -> Result<SlotGuard<'a>, ProcArrayError> {
         let me = self.me();
-        let (index, free) = self.take(kind, me.home)?;
+        let list = self.free_list(kind, me.home);
+        let Taken {
+            index,
+            relative,
+            free,
+            head,
+        } = self.take(kind, me.home, list)?;
         let slot = &self.slots[index as usize];
         slot.set_identity(me.pid, me.start_time, kind as u32, owner_tag);
         slot.latch().hand_over(me.pid);
@@ -585,13 +602,14 @@ impl<'a> ProcArray<'a> {
         };
         slot.publish(active);
         Ok(SlotGuard {
-            array: *self,
+            slot,
+            list,
             handle: SlotHandle {
                 index,
                 generation: active.generation,
             },
-            kind,
-            home: me.home,
+            relative,
+            head,
         })
     }
 
@@ -599,7 +617,8 @@ impl<'a> ProcArray<'a> {
     /// child whose pid is not known yet. Keep the handle privately; the
     /// child passes it to [`activate`](Self::activate).
     pub fn assign(&self, kind: Kind, owner_tag: u64) -> Result<SlotHandle, ProcArrayError> {
-        let (index, free) = self.take(kind, self.home_shard())?;
+        let home = self.home_shard();
+        let Taken { index, free, .. } = self.take(kind, home, self.free_list(kind, home))?;
         let slot = &self.slots[index as usize];
         slot.set_identity(0, 0, kind as u32, owner_tag);
         let assigned = SlotStatus {
@@ -824,6 +843,8 @@ mod me {
 
     use shmem::sync::{AtomicU32, Ordering};
 
+    use crate::freelist::PopHint;
+
     #[derive(Clone, Copy)]
     struct Me {
         /// 0 until filled; the pid the rest belongs to.
@@ -848,6 +869,26 @@ mod me {
         fill(pid, tickets)
     }
 
+    thread_local! {
+        static HINT: Cell<PopHint> = const { Cell::new(PopHint::NONE) };
+    }
+
+    /// What this thread's last release left on its free list, for its next
+    /// acquire (see the free list's docs on hinted pops). Not keyed by
+    /// pid: a forked child's inherited hint is checked like any other.
+    #[inline]
+    pub(super) fn hint() -> PopHint {
+        HINT.get()
+    }
+
+    #[inline]
+    pub(super) fn set_hint(hint: PopHint) {
+        // Not `HINT.set`: `LocalKey::set` goes through an out-of-line
+        // initializer even for a const thread-local, which perf showed as a
+        // seventh of the slot pair.
+        HINT.with(|cell| cell.set(hint));
+    }
+
     #[cold]
     fn fill(pid: u32, tickets: &AtomicU32) -> (u32, u64, u32) {
         // Relaxed: the counter only hands out distinct numbers; nothing is
@@ -870,6 +911,13 @@ mod me {
         let pid = latch::pid::current();
         (pid, shmem::liveness::own_start_time_as(pid), 0)
     }
+
+    /// No hints under loom: the free list's own models check hinted pops.
+    pub(super) fn hint() -> crate::freelist::PopHint {
+        crate::freelist::PopHint::NONE
+    }
+
+    pub(super) fn set_hint(_hint: crate::freelist::PopHint) {}
 }
 
 fn stale(handle: SlotHandle, found: SlotStatus) -> ProcArrayError {
@@ -884,6 +932,16 @@ fn stale_at(index: u32, generation: u32, found: SlotStatus) -> ProcArrayError {
     }
 }
 
+/// A slot popped from a free list and found free.
+struct Taken {
+    index: u32,
+    /// Its index within the list.
+    relative: u32,
+    free: SlotStatus,
+    /// The head word the pop left.
+    head: u64,
+}
+
 /// The calling thread as the hot path needs it; see [`me`].
 #[derive(Clone, Copy)]
 struct Me {
@@ -893,13 +951,30 @@ struct Me {
 }
 
 /// A slot held by the calling process; gives it back when dropped.
-#[derive(Debug)]
+///
+/// Holds just what the release needs, worked out at acquire time: built
+/// in the caller's registers when [`ProcArray::acquire`] is inlined, and
+/// small when it is not.
 pub struct SlotGuard<'a> {
-    array: ProcArray<'a>,
+    slot: &'a ProcSlot,
+    /// The free list the slot goes back to: its kind's list on the taker's
+    /// home shard.
+    list: FreeList<'a>,
     handle: SlotHandle,
-    kind: Kind,
-    /// The shard the slot goes back to: the taker's home.
-    home: u32,
+    /// The slot's index within `list`.
+    relative: u32,
+    /// The head word the slot's pop left: the release's guess of `list`'s
+    /// head (see the free list's docs on hints).
+    head: u64,
+}
+
+impl std::fmt::Debug for SlotGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotGuard")
+            .field("handle", &self.handle)
+            .field("slot", self.slot)
+            .finish()
+    }
 }
 
 impl<'a> SlotGuard<'a> {
@@ -916,7 +991,7 @@ impl<'a> SlotGuard<'a> {
     /// The slot.
     #[inline]
     pub fn slot(&self) -> &'a ProcSlot {
-        &self.array.slots[self.handle.index as usize]
+        self.slot
     }
 
     /// Enters a critical section; it ends when the returned guard drops.
@@ -943,7 +1018,8 @@ impl std::ops::Deref for SlotGuard<'_> {
 impl Drop for SlotGuard<'_> {
     /// The owner's release, the other half of the hot path: a check, one
     /// release store to FREE and the push (one CAS) onto the taker's home
-    /// shard. The identity fields are left as they were; every reader looks
+    /// shard, whose hint is kept for this thread's next acquire. The
+    /// identity fields are left as they were; every reader looks
     /// at the state first, and a FREE slot's identity means nothing.
     ///
     /// A store, not a CAS, because nobody else writes the status of a live
@@ -975,12 +1051,11 @@ impl Drop for SlotGuard<'_> {
         slot.latch().hand_over(0);
         slot.reset_critical();
         slot.publish(free);
-        let array = &self.array;
         // Contended or corrupt: the slot leaks until the next reset, which a
         // corrupt list gets anyway.
-        let _ = array
-            .free_list(self.kind, self.home)
-            .push(handle.index - array.config.start(self.kind));
+        if let Ok(hint) = self.list.push_hinted(self.relative, self.head) {
+            me::set_hint(hint);
+        }
     }
 }
 
@@ -1118,7 +1193,8 @@ mod tests {
         assert_eq!(me.start_time, shmem::liveness::own_start_time());
         // A guard gives its slot back to the shard it was taken for.
         let guard = procs.acquire(Kind::Backend).unwrap();
-        assert_eq!(guard.home, me.home);
+        let home = procs.free_list(Kind::Backend, me.home);
+        assert!(std::ptr::eq(guard.list.head(), home.head()));
     }
 }
 

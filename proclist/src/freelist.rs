@@ -40,6 +40,22 @@
 //! process that scribbles over a list gets [`FreeListError`], never an
 //! out-of-bounds access or a hang.
 //!
+//! # Hinted pops
+//!
+//! A pop's CAS takes its operands from two loads, the head and then the
+//! top's link, and on x86 a locked instruction whose operands come from
+//! loads issued after the previous locked instruction waits for them: in
+//! a take-and-give-back loop that chain, not the two CASes, is most of the
+//! cost. A push knows both values the next pop will need (the head word it
+//! installed and the link it wrote), so it returns them as a [`PopHint`].
+//! [`pop_hinted`](FreeList::pop_hinted) still loads the head and the link,
+//! but only compares them with the hint; the CAS is issued with the hint's
+//! values, which are in registers, and the comparisons are branches the
+//! CPU predicts. When both match, the CAS has exactly the operands an
+//! unhinted pop would have given it, so the algorithm and its ABA argument
+//! are unchanged; when either differs (someone else used the list since),
+//! the pop goes on as an unhinted one with what it loaded.
+//!
 //! This is R. K. Treiber's stack (IBM RJ 5118, 1986) with the version tag
 //! IBM's System/370 documentation gives for the same problem.
 
@@ -81,10 +97,39 @@ impl Head {
 /// What [`FreeList::pop_observed`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Popped {
-    /// The caller now owns this slot (index within the list).
-    Slot(u32),
+    /// The caller now owns slot `index` (index within the list).
+    Slot {
+        /// The slot.
+        index: u32,
+        /// The head word the pop left: the guess to give
+        /// [`FreeList::push_hinted`] when the slot goes back.
+        head: u64,
+    },
     /// The list was empty; the head word (tag included) it was read from.
     Empty(u64),
+}
+
+/// What a push left on a list: enough for the same thread's next pop there
+/// to issue its CAS without waiting for loads (see the module docs). A hint
+/// is only ever compared with what is in shared memory, never trusted, so a
+/// stale or foreign one costs a missed prediction and nothing else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PopHint {
+    /// Address of the list's head word in this process; 0 for no hint.
+    list: usize,
+    /// The head word the push installed.
+    word: u64,
+    /// The link it wrote under the pushed slot (+1 encoded).
+    below: u32,
+}
+
+impl PopHint {
+    /// No hint: the pop loads everything it needs.
+    pub const NONE: Self = Self {
+        list: 0,
+        word: 0,
+        below: 0,
+    };
 }
 
 /// How many pause instructions the first retry after a failed CAS waits;
@@ -197,6 +242,12 @@ impl<'a> FreeList<'a> {
         self.head
     }
 
+    /// Where this process sees the head word: what a [`PopHint`] is for.
+    #[inline]
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self.head) as usize
+    }
+
     /// Number of slots the list manages (free or not).
     #[inline]
     pub fn capacity(&self) -> u32 {
@@ -236,7 +287,7 @@ impl<'a> FreeList<'a> {
     #[inline]
     pub fn pop(&self) -> Result<Option<u32>, FreeListError> {
         Ok(match self.pop_observed()? {
-            Popped::Slot(index) => Some(index),
+            Popped::Slot { index, .. } => Some(index),
             Popped::Empty(_) => None,
         })
     }
@@ -249,9 +300,39 @@ impl<'a> FreeList<'a> {
     /// [`ProcArray::acquire`](crate::ProcArray::acquire)).
     #[inline]
     pub fn pop_observed(&self) -> Result<Popped, FreeListError> {
+        self.pop_hinted(PopHint::NONE)
+    }
+
+    /// As [`pop_observed`](Self::pop_observed), predicting the head word and
+    /// the top's link from `hint` (see the module docs).
+    #[inline(always)]
+    pub fn pop_hinted(&self, hint: PopHint) -> Result<Popped, FreeListError> {
         // Acquire: pairs with the release CAS in push() (and store in fill()),
         // so the link of the top slot is the one its pusher wrote.
-        let mut word = self.head.load(Ordering::Acquire);
+        let word = self.head.load(Ordering::Acquire);
+        if hint.list == self.address() && word == hint.word {
+            let predicted = Head::decode(hint.word);
+            let index = predicted.top.wrapping_sub(1);
+            // The range checks are those pop_from() makes, on the hint's
+            // values, which equal the loaded ones wherever they are used.
+            // Relaxed: ordered after the acquire head load, as in pop_from().
+            if index < self.capacity()
+                && (hint.below == 0 || hint.below <= self.capacity())
+                && self.link(index).load(Ordering::Relaxed) == hint.below
+            {
+                return match self.try_pop(predicted, hint.below) {
+                    Ok(popped) => Ok(popped),
+                    Err(seen) => self.pop_from(seen),
+                };
+            }
+        }
+        self.pop_from(word)
+    }
+
+    /// The unhinted pop, starting from the head word `word`, loaded with
+    /// acquire.
+    #[inline]
+    fn pop_from(&self, mut word: u64) -> Result<Popped, FreeListError> {
         let mut backoff = Backoff::new();
         for _ in 0..MAX_ATTEMPTS {
             let current = Head::decode(word);
@@ -266,21 +347,8 @@ impl<'a> FreeList<'a> {
             if below != 0 {
                 self.check(below)?;
             }
-            let next = Head {
-                tag: current.tag.wrapping_add(1),
-                top: below,
-            };
-            match self.head.compare_exchange_weak(
-                word,
-                next.encode(),
-                // Acquire on success: the slot's previous owner released it
-                // with the push this head came from; we now see its writes.
-                Ordering::Acquire,
-                // Acquire on failure: we retry with the new head and read its
-                // link, which its pusher published with release.
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return Ok(Popped::Slot(index)),
+            match self.try_pop(current, below) {
+                Ok(popped) => return Ok(popped),
                 Err(seen) => {
                     word = seen;
                     backoff.spin();
@@ -290,44 +358,104 @@ impl<'a> FreeList<'a> {
         Err(FreeListError::Contended)
     }
 
+    /// One attempt to pop `current.top` (non-zero, in range) with `below`
+    /// (its link, in range or 0) becoming the top. On failure, the head word
+    /// found instead, loaded with acquire.
+    #[inline]
+    fn try_pop(&self, current: Head, below: u32) -> Result<Popped, u64> {
+        let next = Head {
+            tag: current.tag.wrapping_add(1),
+            top: below,
+        };
+        self.head
+            .compare_exchange_weak(
+                current.encode(),
+                next.encode(),
+                // Acquire on success: the slot's previous owner released it
+                // with the push this head came from; we now see its writes.
+                // Acquire on failure: the caller retries with the new head
+                // and reads its link, which its pusher published with release.
+                Ordering::Acquire,
+                Ordering::Acquire,
+            )
+            .map(|_| Popped::Slot {
+                index: current.top - 1,
+                head: next.encode(),
+            })
+    }
+
     /// Gives slot `index` back. The caller must own it (have popped it and
     /// not pushed it since); anything it wrote to the slot is visible to the
     /// slot's next owner.
     #[inline]
     pub fn push(&self, index: u32) -> Result<(), FreeListError> {
+        // No guess worth a load: any value is only compared, never trusted.
+        self.push_hinted(index, 0).map(|_| ())
+    }
+
+    /// As [`push`](Self::push), predicting the head word to be `guess`
+    /// (typically the one the slot's own pop left, [`Popped::Slot`]'s
+    /// `head`), and returning the hint for the calling thread's next
+    /// [`pop_hinted`](Self::pop_hinted) on this list.
+    #[inline(always)]
+    pub fn push_hinted(&self, index: u32, guess: u64) -> Result<PopHint, FreeListError> {
         if index >= self.capacity() {
             return Err(FreeListError::Corrupt {
                 index,
                 len: self.capacity(),
             });
         }
-        // Relaxed: the CAS below validates the value; a stale one just fails.
-        let mut current = Head::decode(self.head.load(Ordering::Relaxed));
+        // Relaxed: the CAS validates the value; a stale one just fails.
+        let word = self.head.load(Ordering::Relaxed);
+        // Compared with the guess, and the first attempt made with the
+        // guess's value: see the module docs on hints.
+        let first = if word == guess {
+            self.try_push(index, Head::decode(guess))
+        } else {
+            Err(word)
+        };
+        let mut seen = match first {
+            Ok(hint) => return Ok(hint),
+            Err(seen) => seen,
+        };
         let mut backoff = Backoff::new();
         for _ in 0..MAX_ATTEMPTS {
-            // Relaxed: we own the slot, nobody else writes its link; the
-            // release CAS below publishes it.
-            self.link(index).store(current.top, Ordering::Relaxed);
-            let next = Head {
-                tag: current.tag.wrapping_add(1),
-                top: index + 1,
-            };
-            match self.head.compare_exchange_weak(
-                current.encode(),
-                next.encode(),
-                // Release: pairs with the acquire head load in pop_observed().
-                Ordering::Release,
-                // Relaxed on failure: we only reuse the value for the retry.
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(()),
-                Err(seen) => {
-                    current = Head::decode(seen);
+            match self.try_push(index, Head::decode(seen)) {
+                Ok(hint) => return Ok(hint),
+                Err(found) => {
+                    seen = found;
                     backoff.spin();
                 }
             }
         }
         Err(FreeListError::Contended)
+    }
+
+    /// One attempt to push `index` (in range, owned by the caller) onto
+    /// `current`. On failure, the head word found instead.
+    #[inline]
+    fn try_push(&self, index: u32, current: Head) -> Result<PopHint, u64> {
+        // Relaxed: we own the slot, nobody else writes its link; the
+        // release CAS below publishes it.
+        self.link(index).store(current.top, Ordering::Relaxed);
+        let next = Head {
+            tag: current.tag.wrapping_add(1),
+            top: index + 1,
+        };
+        self.head
+            .compare_exchange_weak(
+                current.encode(),
+                next.encode(),
+                // Release: pairs with the acquire head loads of pops.
+                // Relaxed on failure: the value only feeds the retry.
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .map(|_| PopHint {
+                list: self.address(),
+                word: next.encode(),
+                below: current.top,
+            })
     }
 
     /// Decodes a +1-encoded index read from shared memory, checking range.
@@ -444,8 +572,153 @@ mod tests {
         }
     }
 
+    /// The slots on the list, top first (for a quiescent list).
+    fn contents(fl: &FreeList<'_>) -> Vec<u32> {
+        let mut top = Head::decode(fl.head.load(Ordering::Relaxed)).top;
+        let mut out = Vec::new();
+        while top != 0 {
+            out.push(top - 1);
+            top = fl.link(top - 1).load(Ordering::Relaxed);
+        }
+        out
+    }
+
+    #[test]
+    fn a_push_hint_predicts_the_next_pop_and_a_pop_the_next_push() {
+        let (head, links) = list(3);
+        let fl = FreeList::new(&head, &links);
+        fl.fill();
+        let Popped::Slot { index, head: left } = fl.pop_hinted(PopHint::NONE).unwrap() else {
+            panic!("a full list popped nothing")
+        };
+        assert_eq!(
+            left,
+            head.load(Ordering::Relaxed),
+            "the pop names the head it left"
+        );
+        let hint = fl.push_hinted(index, left).unwrap();
+        assert_eq!(
+            hint,
+            PopHint {
+                list: fl.address(),
+                word: head.load(Ordering::Relaxed),
+                below: 2,
+            }
+        );
+        assert!(matches!(
+            fl.pop_hinted(hint),
+            Ok(Popped::Slot { index: 0, .. })
+        ));
+        assert_eq!(contents(&fl), [1, 2]);
+    }
+
+    /// A hint whose head word matches again after a wrapped tag, with the
+    /// link under its top changed: the link check sends the pop down the
+    /// unhinted path, which takes the link that is really there.
+    #[test]
+    fn a_hint_whose_word_recurs_is_checked_against_the_link() {
+        let (head, links) = list(3);
+        let fl = FreeList::new(&head, &links);
+        fl.fill();
+        let a = fl.pop().unwrap().unwrap();
+        let hint = fl.push_hinted(a, 0).unwrap();
+        // Another process takes a and the slot below it, gives a back...
+        assert_eq!(fl.pop(), Ok(Some(a)));
+        let b = fl.pop().unwrap().unwrap();
+        fl.push(a).unwrap();
+        // ...and the tag wraps round to the hinted word.
+        head.store(hint.word, Ordering::Relaxed);
+        assert!(matches!(fl.pop_hinted(hint), Ok(Popped::Slot { index, .. }) if index == a));
+        assert_eq!(
+            contents(&fl),
+            [2],
+            "slot {b} is owned and must not be listed"
+        );
+    }
+
+    /// Whatever the hints and guesses, hinted operations do what the
+    /// unhinted ones do: a random walk of pops and pushes on two lists, one
+    /// driven with valid, stale, foreign and forged hints, the other
+    /// without, must stay identical.
+    #[test]
+    fn any_hint_or_guess_gives_what_an_unhinted_list_gives() {
+        const N: usize = 5;
+        let (head, links) = list(N);
+        let (plain_head, plain_links) = list(N);
+        let (other_head, other_links) = list(N);
+        let (hinted, plain, other) = (
+            FreeList::new(&head, &links),
+            FreeList::new(&plain_head, &plain_links),
+            FreeList::new(&other_head, &other_links),
+        );
+        hinted.fill();
+        plain.fill();
+        other.fill();
+        let foreign = other.push_hinted(other.pop().unwrap().unwrap(), 0).unwrap();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let (mut held, mut last_hint, mut guesses) = (Vec::new(), PopHint::NONE, Vec::new());
+        for step in 0..20_000 {
+            let r = next();
+            if r % 2 == 0 || held.is_empty() {
+                let hint = match (r >> 8) % 4 {
+                    0 => last_hint,
+                    1 => PopHint::NONE,
+                    2 => foreign,
+                    _ => PopHint {
+                        list: hinted.address(),
+                        word: if r & 0x10000 != 0 {
+                            head.load(Ordering::Relaxed)
+                        } else {
+                            next()
+                        },
+                        below: (next() % (N as u64 + 2)) as u32,
+                    },
+                };
+                let got = hinted.pop_hinted(hint).unwrap();
+                let want = plain.pop().unwrap();
+                match got {
+                    Popped::Slot { index, head: left } => {
+                        assert_eq!(Some(index), want, "step {step}");
+                        held.push(index);
+                        guesses.push(left);
+                    }
+                    Popped::Empty(_) => assert_eq!(want, None, "step {step}"),
+                }
+            } else {
+                let k = (r >> 8) as usize % held.len();
+                let index = held.swap_remove(k);
+                let own = guesses.swap_remove(k);
+                let guess = match (r >> 16) % 3 {
+                    0 => own,
+                    1 => head.load(Ordering::Relaxed),
+                    _ => next(),
+                };
+                last_hint = hinted.push_hinted(index, guess).unwrap();
+                plain.push(index).unwrap();
+            }
+            assert_eq!(contents(&hinted), contents(&plain), "step {step}");
+        }
+    }
+
     #[test]
     fn many_threads_never_share_a_slot() {
+        hammer(false);
+    }
+
+    #[test]
+    fn many_threads_with_hints_never_share_a_slot() {
+        hammer(true);
+    }
+
+    /// Threads take and give back slots as fast as they can, each with its
+    /// own hints if `hinted`; a second simultaneous owner fails the test.
+    fn hammer(hinted: bool) {
         use std::sync::Barrier;
         const SLOTS: usize = 8;
         const THREADS: usize = 4;
@@ -460,8 +733,12 @@ mod tests {
                 let (fl, owners, barrier) = (fl, &owners, &barrier);
                 s.spawn(move || {
                     barrier.wait();
+                    let mut hint = PopHint::NONE;
                     for _ in 0..ROUNDS {
-                        let Some(i) = fl.pop().unwrap() else { continue };
+                        let (i, left) = match fl.pop_hinted(hint).unwrap() {
+                            Popped::Slot { index, head } => (index, head),
+                            Popped::Empty(_) => continue,
+                        };
                         // Relaxed: the list's acquire/release orders ownership;
                         // this only detects a second simultaneous owner.
                         let prev = owners[i as usize].swap(t, Ordering::Relaxed);
@@ -470,7 +747,11 @@ mod tests {
                             "slot {i} handed to thread {t} while thread {prev} held it"
                         );
                         owners[i as usize].store(0, Ordering::Relaxed);
-                        fl.push(i).unwrap();
+                        if hinted {
+                            hint = fl.push_hinted(i, left).unwrap();
+                        } else {
+                            fl.push(i).unwrap();
+                        }
                     }
                 });
             }

@@ -20,8 +20,8 @@ use std::collections::BTreeSet;
 
 use loom::sync::Arc;
 use loom::thread;
-use proclist::FreeList;
 use proclist::freelist::Head;
+use proclist::{FreeList, PopHint, Popped};
 use shmem::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// Interleaving classes reached, gathered across loom's iterations in
@@ -88,6 +88,30 @@ impl Slots {
         // read-modify-write (tokio-rs/loom#254).
         self.owner[i as usize].swap(0, Ordering::Relaxed);
         self.list().push(i).expect("own slot is in range");
+    }
+
+    /// As `take`, predicting the list from `hint`; also returns the head
+    /// word the pop left, the guess for the push that gives the slot back.
+    fn take_hinted(&self, me: u32, hint: PopHint) -> Option<(u32, u64)> {
+        match self.list().pop_hinted(hint).expect("list is consistent") {
+            Popped::Slot { index, head } => {
+                // Relaxed: as in take().
+                let prev = self.owner[index as usize].swap(me, Ordering::Relaxed);
+                assert_eq!(prev, 0, "slot {index} given to {me} while {prev} owns it");
+                Some((index, head))
+            }
+            Popped::Empty(_) => None,
+        }
+    }
+
+    /// As `give_back`, guessing the head to be `guess`; returns the hint
+    /// for the next pop.
+    fn give_back_hinted(&self, i: u32, guess: u64) -> PopHint {
+        // Relaxed: as in give_back().
+        self.owner[i as usize].swap(0, Ordering::Relaxed);
+        self.list()
+            .push_hinted(i, guess)
+            .expect("own slot is in range")
     }
 
     /// Every slot is on the list exactly once and nobody owns one.
@@ -221,4 +245,130 @@ fn freelist_aba_does_not_hand_out_an_owned_slot() {
 fn freelist_aba_model_catches_a_head_without_a_working_tag() {
     let reached = Reached::default();
     loom::model(move || aba_scene(&reached, true));
+}
+
+/// Hinted pops and pushes (see the free list's docs): a process takes a
+/// slot, gives it back and takes one again, each step predicted from the
+/// one before (the second pop from the push's hint, each push from its
+/// pop's head); another takes and gives back two. A hint only predicts
+/// values that are then compared with shared memory, so whoever changes
+/// the list in between must only make the prediction miss: no slot is
+/// handed out twice, none is lost.
+#[test]
+fn freelist_hinted_operations_conserve_slots() {
+    explore(
+        &[
+            "the hinted pop took back the slot just given back",
+            "another process moved the list between the push and the hinted pop",
+        ],
+        |reached| {
+            let slots = Slots::new(2);
+            let hinted = {
+                let slots = slots.clone();
+                thread::spawn(move || {
+                    let (first, head) = slots.take_hinted(1, PopHint::NONE)?;
+                    let hint = slots.give_back_hinted(first, head);
+                    let (second, head) = slots.take_hinted(1, hint)?;
+                    slots.give_back_hinted(second, head);
+                    Some((first, second))
+                })
+            };
+            let other = {
+                let slots = slots.clone();
+                thread::spawn(move || {
+                    let a = slots.take(2);
+                    let b = slots.take(2);
+                    for i in [a, b].into_iter().flatten() {
+                        slots.give_back(i);
+                    }
+                })
+            };
+            let got = hinted.join().unwrap();
+            other.join().unwrap();
+            slots.assert_conserved();
+            match got {
+                Some((first, second)) if first == second => {
+                    reached.note("the hinted pop took back the slot just given back")
+                }
+                Some(_) => reached
+                    .note("another process moved the list between the push and the hinted pop"),
+                None => {}
+            }
+        },
+    );
+}
+
+/// The ABA scene for a hinted pop: the hinted process gives its slot back
+/// (hint: that slot on top, the other below it) and its hinted pop checks
+/// head and link, then stalls before the CAS; the racer pops both slots
+/// and pushes the first back. The head shows the hinted top again, but
+/// with another tag, so the CAS, made with the hint's word, must fail.
+/// With `rewind_tag` the racer restores the tag its first pop saw, as in
+/// `aba_scene`, and the model must fail.
+fn hinted_aba_scene(reached: &Reached, rewind_tag: bool) {
+    let slots = Slots::new(2);
+    let hinted = {
+        let slots = slots.clone();
+        thread::spawn(move || {
+            let (first, head) = slots.take_hinted(1, PopHint::NONE)?;
+            let hint = slots.give_back_hinted(first, head);
+            let (second, head) = slots.take_hinted(1, hint)?;
+            slots.give_back_hinted(second, head);
+            Some(second)
+        })
+    };
+    let racer = {
+        let slots = slots.clone();
+        thread::spawn(move || {
+            // Relaxed: as in aba_scene.
+            let first = rewind_tag.then(|| Head::decode(slots.head.load(Ordering::Relaxed)));
+            let a = slots.take(2);
+            let b = slots.take(2);
+            if let Some(a) = a {
+                slots.give_back(a);
+            }
+            if let Some(first) = first {
+                // Relaxed, and a CAS: as in aba_scene.
+                let now = slots.head.load(Ordering::Relaxed);
+                let rewound = Head {
+                    tag: first.tag,
+                    top: Head::decode(now).top,
+                };
+                let _ = slots.head.compare_exchange(
+                    now,
+                    rewound.encode(),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            if let Some(b) = b {
+                slots.give_back(b);
+            }
+            a
+        })
+    };
+    let got = hinted.join().unwrap();
+    let a = racer.join().unwrap();
+    slots.assert_conserved();
+    if got.is_some() && got == a {
+        reached.note("the hinted process took the slot the racer gave back");
+    }
+}
+
+#[test]
+fn freelist_hinted_aba_does_not_hand_out_an_owned_slot() {
+    explore(
+        &["the hinted process took the slot the racer gave back"],
+        |reached| hinted_aba_scene(reached, false),
+    );
+}
+
+/// Shows that the hinted model reaches the ABA interleaving: with a tag
+/// that wrapped, the hint's word matches again and an owned slot is handed
+/// out.
+#[test]
+#[should_panic(expected = "slot")]
+fn freelist_hinted_aba_model_catches_a_head_without_a_working_tag() {
+    let reached = Reached::default();
+    loom::model(move || hinted_aba_scene(&reached, true));
 }
