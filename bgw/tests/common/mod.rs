@@ -177,6 +177,20 @@ pub struct Harness {
     pub segment: String,
 }
 
+/// A passed scenario leaves nothing behind: its scratch directory goes, and
+/// so does its segment if a killed postmaster left it (dropped after the
+/// `Running`, which is declared later). A failed one keeps both to look at.
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}: kept {} for a look", self.scenario, self.dir.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = Segment::remove_stale(&self.segment);
+    }
+}
+
 /// A running postmaster; killed (with its workers, through their
 /// death signal) if the scenario fails.
 pub struct Running {
