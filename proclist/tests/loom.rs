@@ -160,6 +160,46 @@ fn freelist_three_processes_conserve_slots() {
     );
 }
 
+/// The racer of the ABA scenes: takes two slots, gives the first back,
+/// then the second; with `rewind_tag`, puts the tag its first pop saw back
+/// into the head between the two (see `aba_scene`). Returns what it took.
+fn spawn_racer(
+    slots: &Arc<Slots>,
+    rewind_tag: bool,
+) -> thread::JoinHandle<(Option<u32>, Option<u32>)> {
+    let slots = slots.clone();
+    thread::spawn(move || {
+        // Relaxed: only the tag is used, to rewind it; nothing is read
+        // through this value.
+        let first = rewind_tag.then(|| Head::decode(slots.head.load(Ordering::Relaxed)));
+        let a = slots.take(2);
+        let b = slots.take(2);
+        if let Some(a) = a {
+            slots.give_back(a);
+        }
+        if let Some(first) = first {
+            // Relaxed: the rewind publishes nothing new (the push before it
+            // did); a CAS, not a store, so loom orders it correctly against
+            // the stalled CAS (tokio-rs/loom#254).
+            let now = slots.head.load(Ordering::Relaxed);
+            let rewound = Head {
+                tag: first.tag,
+                top: Head::decode(now).top,
+            };
+            let _ = slots.head.compare_exchange(
+                now,
+                rewound.encode(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        if let Some(b) = b {
+            slots.give_back(b);
+        }
+        (a, b)
+    })
+}
+
 /// The ABA scene: a *stalled* process takes one slot (and gives it back);
 /// a *racer* takes two and gives the first back. The interleaving that
 /// matters: the stalled pop reads top 0 (below it 1) and stalls; the racer
@@ -183,39 +223,7 @@ fn aba_scene(reached: &Reached, rewind_tag: bool) {
             taken
         })
     };
-    let racer = {
-        let slots = slots.clone();
-        thread::spawn(move || {
-            // Relaxed: only the tag is used, to rewind it; nothing is read
-            // through this value.
-            let first = rewind_tag.then(|| Head::decode(slots.head.load(Ordering::Relaxed)));
-            let a = slots.take(2);
-            let b = slots.take(2);
-            if let Some(a) = a {
-                slots.give_back(a);
-            }
-            if let Some(first) = first {
-                // Relaxed: the rewind publishes nothing new (the push
-                // before it did); a CAS, not a store, so loom orders it
-                // correctly against the stalled CAS (tokio-rs/loom#254).
-                let now = slots.head.load(Ordering::Relaxed);
-                let rewound = Head {
-                    tag: first.tag,
-                    top: Head::decode(now).top,
-                };
-                let _ = slots.head.compare_exchange(
-                    now,
-                    rewound.encode(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
-            if let Some(b) = b {
-                slots.give_back(b);
-            }
-            (a, b)
-        })
-    };
+    let racer = spawn_racer(&slots, rewind_tag);
     let got = stalled.join().unwrap();
     let (a, b) = racer.join().unwrap();
     slots.assert_conserved();
@@ -317,38 +325,9 @@ fn hinted_aba_scene(reached: &Reached, rewind_tag: bool) {
             Some(second)
         })
     };
-    let racer = {
-        let slots = slots.clone();
-        thread::spawn(move || {
-            // Relaxed: as in aba_scene.
-            let first = rewind_tag.then(|| Head::decode(slots.head.load(Ordering::Relaxed)));
-            let a = slots.take(2);
-            let b = slots.take(2);
-            if let Some(a) = a {
-                slots.give_back(a);
-            }
-            if let Some(first) = first {
-                // Relaxed, and a CAS: as in aba_scene.
-                let now = slots.head.load(Ordering::Relaxed);
-                let rewound = Head {
-                    tag: first.tag,
-                    top: Head::decode(now).top,
-                };
-                let _ = slots.head.compare_exchange(
-                    now,
-                    rewound.encode(),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                );
-            }
-            if let Some(b) = b {
-                slots.give_back(b);
-            }
-            a
-        })
-    };
+    let racer = spawn_racer(&slots, rewind_tag);
     let got = hinted.join().unwrap();
-    let a = racer.join().unwrap();
+    let (a, _) = racer.join().unwrap();
     slots.assert_conserved();
     if got.is_some() && got == a {
         reached.note("the hinted process took the slot the racer gave back");
