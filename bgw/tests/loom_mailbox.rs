@@ -18,13 +18,13 @@
 //! `-- --include-ignored` to the command above (about five minutes of CPU).
 #![cfg(loom)]
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use bgw::mailbox::{Address, Kind, MailboxStorage, Peer, Peers, Wait};
 use latch::Latch;
 use loom::sync::Arc;
 use loom::thread;
+use shmem::loom_model::explore_bounded;
 
 /// Process slots that all run, in generation 1: liveness is not what these
 /// models check, so it costs no modelled operation.
@@ -63,50 +63,6 @@ fn far() -> Instant {
     Instant::now() + Duration::from_secs(3600)
 }
 
-/// Interleaving classes reached, gathered across loom's iterations in
-/// plain (unmodelled) memory.
-#[derive(Clone, Default)]
-struct Reached(std::sync::Arc<std::sync::Mutex<BTreeSet<&'static str>>>);
-
-impl Reached {
-    fn note(&self, class: &'static str) {
-        self.0.lock().expect("not poisoned").insert(class);
-    }
-}
-
-/// Runs `model` under loom with at most `bound` preemptions (`None`: as
-/// `LOOM_MAX_PREEMPTIONS` says), then checks that every class in
-/// `expected` was reached by some iteration.
-fn explore(
-    bound: Option<usize>,
-    expected: &[&'static str],
-    model: impl Fn(&Reached) + Sync + Send + 'static,
-) {
-    let mut builder = loom::model::Builder::new();
-    if let Some(bound) = bound {
-        builder.preemption_bound = Some(builder.preemption_bound.map_or(bound, |n| n.min(bound)));
-    }
-    let reached = Reached::default();
-    let inside = reached.clone();
-    let iterations = std::sync::Arc::new(std::sync::Mutex::new(0usize));
-    let counter = iterations.clone();
-    builder.check(move || {
-        *counter.lock().expect("not poisoned") += 1;
-        model(&inside)
-    });
-    eprintln!(
-        "explored {} interleavings",
-        iterations.lock().expect("not poisoned")
-    );
-    let reached = reached.0.lock().expect("not poisoned");
-    for class in expected {
-        assert!(
-            reached.contains(class),
-            "loom never reached `{class}` (only {reached:?}): the model is not exploring"
-        );
-    }
-}
-
 /// The preemption bound CI runs these models at; see the module docs.
 const CI_BOUND: Option<usize> = Some(1);
 
@@ -125,7 +81,7 @@ fn two_callers_each_get_their_own_reply_deep() {
 }
 
 fn two_callers(bound: Option<usize>) {
-    explore(
+    explore_bounded(
         bound,
         &["caller 1 served first", "caller 2 served first"],
         |reached| {
@@ -197,7 +153,7 @@ fn a_cast_during_a_call_is_kept_for_recv_deep() {
 }
 
 fn cast_during_a_call(bound: Option<usize>) {
-    explore(
+    explore_bounded(
         bound,
         &[
             "the call kept the cast aside",

@@ -11,11 +11,10 @@
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=/work/target-loom-mail cargo test -p bgw --release --test loom_names`
 #![cfg(loom)]
 
-use std::collections::BTreeSet;
-
 use bgw::names::{NameEntry, NameError, NameOwner, Names};
 use loom::sync::Arc;
 use loom::thread;
+use shmem::loom_model::explore;
 
 fn table(n: usize) -> Arc<Vec<NameEntry>> {
     Arc::new((0..n).map(|_| NameEntry::new()).collect())
@@ -26,32 +25,6 @@ fn owner(proc_index: u32) -> NameOwner {
         proc_index,
         proc_generation: 100 + proc_index,
         pid: 1000 + proc_index,
-    }
-}
-
-/// Interleaving classes reached, gathered across loom's iterations in
-/// plain (unmodelled) memory.
-#[derive(Clone, Default)]
-struct Reached(std::sync::Arc<std::sync::Mutex<BTreeSet<&'static str>>>);
-
-impl Reached {
-    fn note(&self, class: &'static str) {
-        self.0.lock().expect("not poisoned").insert(class);
-    }
-}
-
-/// Runs `model` under loom, then checks that every class in `expected` was
-/// reached by some iteration.
-fn explore(expected: &[&'static str], model: impl Fn(&Reached) + Sync + Send + 'static) {
-    let reached = Reached::default();
-    let inside = reached.clone();
-    loom::model(move || model(&inside));
-    let reached = reached.0.lock().expect("not poisoned");
-    for class in expected {
-        assert!(
-            reached.contains(class),
-            "loom never reached `{class}` (only {reached:?}): the model is not exploring"
-        );
     }
 }
 

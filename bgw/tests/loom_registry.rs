@@ -18,7 +18,6 @@
 //! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=/work/target-loom-reg cargo test -p bgw --release --test loom_registry`
 #![cfg(loom)]
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use bgw::registry::{
@@ -28,6 +27,7 @@ use bgw::registry::{
 use bgw::{Phase, Restart, WorkerSpec};
 use loom::sync::Arc;
 use loom::thread;
+use shmem::loom_model::explore;
 
 fn slots(n: usize) -> Arc<Vec<RegSlot>> {
     Arc::new((0..n).map(|_| RegSlot::new()).collect())
@@ -50,32 +50,6 @@ fn registrant(pid: u32) -> Registrant {
     Registrant {
         proc_index: Some(pid % 7),
         pid,
-    }
-}
-
-/// Interleaving classes reached, gathered across loom's iterations in
-/// plain (unmodelled) memory.
-#[derive(Clone, Default)]
-struct Reached(std::sync::Arc<std::sync::Mutex<BTreeSet<&'static str>>>);
-
-impl Reached {
-    fn note(&self, class: &'static str) {
-        self.0.lock().expect("not poisoned").insert(class);
-    }
-}
-
-/// Runs `model` under loom, then checks that every class in `expected` was
-/// reached by some iteration.
-fn explore(expected: &[&'static str], model: impl Fn(&Reached) + Sync + Send + 'static) {
-    let reached = Reached::default();
-    let inside = reached.clone();
-    loom::model(move || model(&inside));
-    let reached = reached.0.lock().expect("not poisoned");
-    for class in expected {
-        assert!(
-            reached.contains(class),
-            "loom never reached `{class}` (only {reached:?}): the model is not exploring"
-        );
     }
 }
 

@@ -23,39 +23,13 @@
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p latch --release --test loom`
 #![cfg(loom)]
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use latch::{Latch, SpinPolicy, WaitOptions, Wake};
 use loom::sync::Arc;
 use loom::thread;
+use shmem::loom_model::{Reached, explore};
 use shmem::sync::{AtomicU32, Ordering};
-
-/// Interleaving classes reached, gathered across loom's iterations in
-/// plain (unmodelled) memory, so loom neither sees nor resets it.
-#[derive(Clone, Default)]
-struct Reached(std::sync::Arc<std::sync::Mutex<BTreeSet<&'static str>>>);
-
-impl Reached {
-    fn note(&self, class: &'static str) {
-        self.0.lock().expect("not poisoned").insert(class);
-    }
-}
-
-/// Runs `model` under loom, then checks that every class in `expected`
-/// was reached by some iteration.
-fn explore(expected: &[&'static str], model: impl Fn(&Reached) + Sync + Send + 'static) {
-    let reached = Reached::default();
-    let inside = reached.clone();
-    loom::model(move || model(&inside));
-    let reached = reached.0.lock().expect("not poisoned");
-    for class in expected {
-        assert!(
-            reached.contains(class),
-            "loom never reached `{class}` (only {reached:?}): the model is not exploring"
-        );
-    }
-}
 
 /// The owner found its work at the first check and never waited.
 const NO_WAIT: &str = "the owner saw the work without waiting";

@@ -22,55 +22,19 @@
 //! add `-- --include-ignored` to run it too (about two minutes of CPU).
 #![cfg(loom)]
 
-use std::collections::BTreeSet;
-
 use latch::channel::Stats;
 use latch::channel::mpsc::{self, ProducerLatches};
 use latch::channel::{Latches, bytes, spsc};
 use latch::{Latch, SpinPolicy, WaitOptions};
 use loom::sync::Arc;
 use loom::thread;
+use shmem::loom_model::{Reached, explore, explore_bounded};
 use shmem::ring::{ByteStorage, MpscStorage, SpscStorage};
 
-/// Interleaving classes reached, gathered across loom's iterations in
-/// plain (unmodelled) memory, so loom neither sees nor resets it.
-#[derive(Clone, Default)]
-struct Reached(std::sync::Arc<std::sync::Mutex<BTreeSet<&'static str>>>);
-
-impl Reached {
-    fn note(&self, class: &'static str) {
-        self.0.lock().expect("not poisoned").insert(class);
-    }
-
-    /// Notes `class` if the end whose counters are `stats` waited.
-    fn note_waits(&self, stats: Stats, class: &'static str) {
-        if stats.waits > 0 {
-            self.note(class);
-        }
-    }
-}
-
-/// Runs `model` under loom with at most `bound` preemptions (`None`: as
-/// `LOOM_MAX_PREEMPTIONS` says), then checks that every class in
-/// `expected` was reached by some iteration.
-fn explore(
-    bound: Option<usize>,
-    expected: &[&'static str],
-    model: impl Fn(&Reached) + Sync + Send + 'static,
-) {
-    let mut builder = loom::model::Builder::new();
-    if let Some(bound) = bound {
-        builder.preemption_bound = Some(builder.preemption_bound.map_or(bound, |n| n.min(bound)));
-    }
-    let reached = Reached::default();
-    let inside = reached.clone();
-    builder.check(move || model(&inside));
-    let reached = reached.0.lock().expect("not poisoned");
-    for class in expected {
-        assert!(
-            reached.contains(class),
-            "loom never reached `{class}` (only {reached:?}): the model is not exploring"
-        );
+/// Notes `class` if the end whose counters are `stats` waited.
+fn note_waits(reached: &Reached, stats: Stats, class: &'static str) {
+    if stats.waits > 0 {
+        reached.note(class);
     }
 }
 
@@ -119,7 +83,7 @@ struct SpscScene {
 /// sides; asserts FIFO and exactly once, and that each side waited in some
 /// interleaving.
 fn spsc_stream(capacity: usize, count: u32, options: WaitOptions) {
-    explore(None, &[SENDER_WAITED, RECEIVER_WAITED], move |reached| {
+    explore(&[SENDER_WAITED, RECEIVER_WAITED], move |reached| {
         let scene = Arc::new(SpscScene {
             storage: SpscStorage::new(capacity).expect("storage"),
             latches: Pair::new(),
@@ -139,8 +103,8 @@ fn spsc_stream(capacity: usize, count: u32, options: WaitOptions) {
         for i in 0..count {
             assert_eq!(rx.recv(None).expect("recv"), i);
         }
-        reached.note_waits(sender.join().expect("sender"), SENDER_WAITED);
-        reached.note_waits(rx.stats(), RECEIVER_WAITED);
+        note_waits(reached, sender.join().expect("sender"), SENDER_WAITED);
+        note_waits(reached, rx.stats(), RECEIVER_WAITED);
     });
 }
 
@@ -165,7 +129,7 @@ fn spsc_with_a_spin_before_sleeping_loses_no_wakeup() {
 
 #[test]
 fn spsc_slices_lose_no_wakeup() {
-    explore(None, &[SENDER_WAITED, RECEIVER_WAITED], |reached| {
+    explore(&[SENDER_WAITED, RECEIVER_WAITED], |reached| {
         let scene = Arc::new(SpscScene {
             storage: SpscStorage::new(2).expect("storage"),
             latches: Pair::new(),
@@ -191,8 +155,8 @@ fn spsc_slices_lose_no_wakeup() {
             got += rx.recv_slice(&mut out[got..], None).expect("recv");
         }
         assert_eq!(out, [0, 1, 2]);
-        reached.note_waits(sender.join().expect("sender"), SENDER_WAITED);
-        reached.note_waits(rx.stats(), RECEIVER_WAITED);
+        note_waits(reached, sender.join().expect("sender"), SENDER_WAITED);
+        note_waits(reached, rx.stats(), RECEIVER_WAITED);
     });
 }
 
@@ -206,9 +170,9 @@ const PRODUCER_WAITED: &str = "a producer waited on the full ring";
 
 /// `producers` producers, each sending `per_producer` messages into a
 /// ring of `capacity`, and a blocking receiver; per-producer FIFO, exactly
-/// once. `bound` caps the preemptions (see [`explore`]).
+/// once. `bound` caps the preemptions (see [`explore_bounded`]).
 fn mpsc_stream(bound: Option<usize>, producers: u32, capacity: usize, per_producer: u32) {
-    explore(bound, &[PRODUCER_WAITED, RECEIVER_WAITED], move |reached| {
+    explore_bounded(bound, &[PRODUCER_WAITED, RECEIVER_WAITED], move |reached| {
         let scene = Arc::new(MpscScene {
             storage: MpscStorage::new(capacity).expect("storage"),
             waiters: ProducerLatches::new(),
@@ -241,9 +205,9 @@ fn mpsc_stream(bound: Option<usize>, producers: u32, capacity: usize, per_produc
             next[k] += 1;
         }
         for thread in threads {
-            reached.note_waits(thread.join().expect("producer"), PRODUCER_WAITED);
+            note_waits(reached, thread.join().expect("producer"), PRODUCER_WAITED);
         }
-        reached.note_waits(rx.stats(), RECEIVER_WAITED);
+        note_waits(reached, rx.stats(), RECEIVER_WAITED);
         assert_eq!(scene.waiters.waiting(), 0, "every producer withdrew");
     });
 }
@@ -292,7 +256,7 @@ fn byte_scene() -> Arc<ByteScene> {
 /// sleeps on the empty ring wakes it to see `Detached`.
 #[test]
 fn bytes_sender_detach_wakes_a_sleeping_receiver_after_the_drain() {
-    explore(None, &[RECEIVER_WAITED], |reached| {
+    explore(&[RECEIVER_WAITED], |reached| {
         let scene = byte_scene();
         let sending = scene.clone();
         let sender = thread::spawn(move || {
@@ -309,7 +273,7 @@ fn bytes_sender_detach_wakes_a_sleeping_receiver_after_the_drain() {
         assert_eq!(&*rx.recv(None).expect("recv"), b"one");
         assert_eq!(&*rx.recv(None).expect("recv"), b"two");
         assert!(matches!(rx.recv(None), Err(bytes::RecvError::Detached)));
-        reached.note_waits(rx.stats(), RECEIVER_WAITED);
+        note_waits(reached, rx.stats(), RECEIVER_WAITED);
         sender.join().expect("sender");
     });
 }
@@ -318,7 +282,7 @@ fn bytes_sender_detach_wakes_a_sleeping_receiver_after_the_drain() {
 /// it; the send either got in before the detach or reports it.
 #[test]
 fn bytes_receiver_detach_wakes_a_sender_asleep_on_a_full_ring() {
-    explore(None, &[SENDER_WAITED], |reached| {
+    explore(&[SENDER_WAITED], |reached| {
         let scene = byte_scene();
         let sending = scene.clone();
         let sender = thread::spawn(move || {
@@ -337,7 +301,7 @@ fn bytes_receiver_detach_wakes_a_sender_asleep_on_a_full_ring() {
             .with_options(WaitOptions::no_spin());
         assert_eq!(&*rx.recv(None).expect("recv"), b"fills it");
         rx.detach();
-        reached.note_waits(sender.join().expect("sender"), SENDER_WAITED);
+        note_waits(reached, sender.join().expect("sender"), SENDER_WAITED);
     });
 }
 
@@ -347,7 +311,7 @@ fn bytes_receiver_detach_wakes_a_sender_asleep_on_a_full_ring() {
 /// sender. Without it both ends sleep forever.
 #[test]
 fn bytes_a_message_as_long_as_the_ring_waits_for_the_drain() {
-    explore(None, &[SENDER_WAITED], |reached| {
+    explore(&[SENDER_WAITED], |reached| {
         let scene = Arc::new(ByteScene {
             // 64 bytes, a quarter is 16: an empty message's 8-byte frame
             // crosses no quarter boundary.
@@ -368,6 +332,6 @@ fn bytes_a_message_as_long_as_the_ring_waits_for_the_drain() {
             .with_options(WaitOptions::no_spin());
         assert!(rx.recv(None).expect("recv").is_empty());
         assert_eq!(&*rx.recv(None).expect("recv"), &[7; 56]);
-        reached.note_waits(sender.join().expect("sender"), SENDER_WAITED);
+        note_waits(reached, sender.join().expect("sender"), SENDER_WAITED);
     });
 }

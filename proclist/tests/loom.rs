@@ -22,33 +22,8 @@ use loom::sync::Arc;
 use loom::thread;
 use proclist::freelist::Head;
 use proclist::{FreeList, PopHint, Popped};
+use shmem::loom_model::{Reached, explore};
 use shmem::sync::{AtomicU32, AtomicU64, Ordering};
-
-/// Interleaving classes reached, gathered across loom's iterations in
-/// plain (unmodelled) memory, so loom neither sees nor resets it.
-#[derive(Clone, Default)]
-struct Reached(std::sync::Arc<std::sync::Mutex<BTreeSet<&'static str>>>);
-
-impl Reached {
-    fn note(&self, class: &'static str) {
-        self.0.lock().expect("not poisoned").insert(class);
-    }
-}
-
-/// Runs `model` under loom, then checks that every class in `expected`
-/// was reached by some iteration.
-fn explore(expected: &[&'static str], model: impl Fn(&Reached) + Sync + Send + 'static) {
-    let reached = Reached::default();
-    let inside = reached.clone();
-    loom::model(move || model(&inside));
-    let reached = reached.0.lock().expect("not poisoned");
-    for class in expected {
-        assert!(
-            reached.contains(class),
-            "loom never reached `{class}` (only {reached:?}): the model is not exploring"
-        );
-    }
-}
 
 /// A free list's storage plus, per slot, who holds it (0 = nobody), so a
 /// second simultaneous owner is caught the moment it appears.

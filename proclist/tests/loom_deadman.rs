@@ -263,8 +263,7 @@ fn explore(exit_inside_critical: bool) -> BTreeSet<(u32, bool)> {
         killer.join().expect("the killer thread");
         postmaster.join().expect("the postmaster thread");
     });
-    let seen = outcomes.lock().expect("unpoisoned").clone();
-    seen
+    outcomes.lock().expect("unpoisoned").clone()
 }
 
 #[test]

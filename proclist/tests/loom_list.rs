@@ -18,7 +18,6 @@
 //! minutes of CPU).
 #![cfg(loom)]
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use latch::Latch;
@@ -27,42 +26,8 @@ use loom::thread;
 use proclist::{
     ConditionVariable, CvWait, CvWake, ListHead, ListLink, ListNode, ProcList, ShmLock, WaitNode,
 };
+use shmem::loom_model::{Reached, explore, explore_with};
 use shmem::sync::{AtomicU32, Ordering, UnsafeCell};
-
-/// Interleaving classes reached, gathered across loom's iterations in
-/// plain (unmodelled) memory, so loom neither sees nor resets it.
-#[derive(Clone, Default)]
-struct Reached(std::sync::Arc<std::sync::Mutex<BTreeSet<&'static str>>>);
-
-impl Reached {
-    fn note(&self, class: &'static str) {
-        self.0.lock().expect("not poisoned").insert(class);
-    }
-}
-
-/// Runs `model` under `builder`, then checks that every class in
-/// `expected` was reached by some iteration.
-fn explore_with(
-    builder: loom::model::Builder,
-    expected: &[&'static str],
-    model: impl Fn(&Reached) + Sync + Send + 'static,
-) {
-    let reached = Reached::default();
-    let inside = reached.clone();
-    builder.check(move || model(&inside));
-    let reached = reached.0.lock().expect("not poisoned");
-    for class in expected {
-        assert!(
-            reached.contains(class),
-            "loom never reached `{class}` (only {reached:?}): the model is not exploring"
-        );
-    }
-}
-
-/// [`explore_with`] at the bound `LOOM_MAX_PREEMPTIONS` gives.
-fn explore(expected: &[&'static str], model: impl Fn(&Reached) + Sync + Send + 'static) {
-    explore_with(loom::model::Builder::new(), expected, model);
-}
 
 /// A list head and its nodes on the heap.
 struct Nodes {

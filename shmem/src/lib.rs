@@ -30,6 +30,8 @@ pub mod fuzzing;
 pub mod header;
 pub mod layout;
 pub mod liveness;
+#[cfg(loom)]
+pub mod loom_model;
 pub mod ring;
 #[cfg(not(loom))]
 pub mod segment;

@@ -25,61 +25,13 @@
 //! no iteration reached one.
 #![cfg(loom)]
 
-use std::collections::BTreeSet;
-
 use loom::sync::Arc;
 use loom::thread;
+use shmem::loom_model::{Reached, explore, explore_bounded};
 use shmem::ring::{
     ByteRecvError, ByteSendError, ByteStorage, MpscPopError, MpscPushError, MpscStorage,
     SpscPopError, SpscPushError, SpscStorage,
 };
-
-/// Interleaving classes reached, gathered across loom's iterations in
-/// plain (unmodelled) memory, so loom neither sees nor resets it.
-#[derive(Clone, Default)]
-struct Reached(std::sync::Arc<std::sync::Mutex<BTreeSet<&'static str>>>);
-
-impl Reached {
-    fn note(&self, class: &'static str) {
-        self.0.lock().expect("not poisoned").insert(class);
-    }
-}
-
-/// Runs `model` under loom, then checks that every class in `expected`
-/// was reached by some iteration.
-fn explore(expected: &[&'static str], model: impl Fn(&Reached) + Sync + Send + 'static) {
-    explore_with(loom::model::Builder::new(), expected, model);
-}
-
-/// As [`explore`], with at most `bound` preemptions whatever
-/// `LOOM_MAX_PREEMPTIONS` says: for a model that takes minutes at the CI
-/// bound. Its `_deep` twin, `#[ignore]`d, runs at `LOOM_MAX_PREEMPTIONS`.
-fn explore_bounded(
-    bound: usize,
-    expected: &[&'static str],
-    model: impl Fn(&Reached) + Sync + Send + 'static,
-) {
-    let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(builder.preemption_bound.map_or(bound, |n| n.min(bound)));
-    explore_with(builder, expected, model);
-}
-
-fn explore_with(
-    builder: loom::model::Builder,
-    expected: &[&'static str],
-    model: impl Fn(&Reached) + Sync + Send + 'static,
-) {
-    let reached = Reached::default();
-    let inside = reached.clone();
-    builder.check(move || model(&inside));
-    let reached = reached.0.lock().expect("not poisoned");
-    for class in expected {
-        assert!(
-            reached.contains(class),
-            "loom never reached `{class}` (only {reached:?}): the model is not exploring"
-        );
-    }
-}
 
 #[test]
 fn spsc_push_pop_is_fifo_and_exactly_once_across_wraparound() {
@@ -277,7 +229,7 @@ fn mpsc_two_producers_race_for_cells_across_the_lap_boundary() {
 /// `_deep` twin keeps the full bound.
 #[test]
 fn mpsc_two_producers_and_a_consumer_deliver_each_value_once_in_producer_order() {
-    explore_bounded(1, &MPSC_TWO_PRODUCERS_REACH, |reached| {
+    explore_bounded(Some(1), &MPSC_TWO_PRODUCERS_REACH, |reached| {
         mpsc_two_producers(reached, 4, 2, [2, 1])
     });
 }
