@@ -9,46 +9,19 @@
 //! The seed files were written by `write_seed_corpora` below (ignored; run
 //! it with `cargo test -p bgw --test fuzz_corpus -- --ignored` to
 //! regenerate them). Everything in it is deterministic.
+#![cfg(not(loom))]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bgw::fuzzing::{self, IMAGE_AT, SLOT_DATA};
 use bgw::registry::Registrant;
 use bgw::spec::{Restart, WorkerSpec};
-
-fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../fuzz/corpus")
-        .join(target)
-}
-
-fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = corpus_dir(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus {} missing: {e}", dir.display()))
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&path).unwrap())
-        })
-        .collect();
-    files.sort();
-    files
-}
+use shmem::fuzzing::corpus_dir;
 
 /// Runs `target` on every file of its corpus; a panic fails the test and
 /// names the file.
 fn replay(target: &str, run: fn(&[u8])) -> Vec<(String, Vec<u8>)> {
-    let files = corpus(target);
-    for (name, bytes) in &files {
-        let outcome = std::panic::catch_unwind(|| run(bytes));
-        assert!(
-            outcome.is_ok(),
-            "corpus file {name} fails the {target} target"
-        );
-    }
-    files
+    shmem::fuzzing::replay(target, run).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -84,6 +57,7 @@ fn core_events_corpus_replays_cleanly() {
     assert!(total.forks > 0 && total.fork_failures > 0 && total.crashes > 0);
     assert!(total.contained > 0 && total.resets > 0 && total.kills > 0);
     assert!(total.unregistered > 0 && total.exits > 0);
+    assert!(total.controls > 0 && total.operator_exits > 0);
 }
 
 /// The entry points do check: a slot forged with a valid image is
@@ -421,6 +395,18 @@ mod ev {
         0x0e | (mode << 4)
     }
     pub const QUIESCE: u8 = 0x0f;
+    /// An operator command on current worker `index`; `op % 3` picks stop,
+    /// start or restart.
+    pub fn control(op: u8, index: u8) -> Vec<u8> {
+        vec![bgw::fuzzing::CORE_EVENTS_CONTROL_OP, op % 3, index]
+    }
+    /// An operator command on a stale id.
+    pub fn control_stale(op: u8) -> Vec<u8> {
+        vec![bgw::fuzzing::CORE_EVENTS_CONTROL_OP, 0x80 | (op % 3)]
+    }
+    pub const STOP: u8 = 0;
+    pub const START: u8 = 1;
+    pub const RESTART: u8 = 2;
 }
 
 fn seeds_core_events() -> Vec<(String, Vec<u8>)> {
@@ -491,6 +477,35 @@ fn seeds_core_events() -> Vec<(String, Vec<u8>)> {
                 vec![
                     exit(2, 2 << 3),
                     vec![CORRUPT, RESET_DONE, RESET_DONE, TICK0],
+                ],
+            ),
+        );
+        add(
+            &format!("operator_stop_start{l}"),
+            with(
+                all_running(lagging),
+                vec![
+                    control(STOP, 0),
+                    tick_s(1),
+                    exit(0, 0),
+                    vec![TICK0],
+                    control(START, 0),
+                    vec![TICK0],
+                ],
+            ),
+        );
+        add(
+            &format!("operator_restart{l}"),
+            with(
+                all_running(lagging),
+                vec![
+                    control(RESTART, 2),
+                    exit(2, 0),
+                    vec![TICK0],
+                    control_stale(RESTART),
+                    control(STOP, 1),
+                    vec![shutdown(1)],
+                    tick_s(5),
                 ],
             ),
         );

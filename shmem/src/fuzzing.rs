@@ -436,3 +436,72 @@ pub fn ring_decode(data: &[u8]) {
         }
     }
 }
+
+/// The workspace's committed corpus of fuzz target `target`
+/// (`fuzz/corpus/<target>`), for the tests that replay it.
+pub fn corpus_dir(target: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target)
+}
+
+/// The files of `target`'s committed corpus, sorted by name, with their
+/// contents.
+pub fn corpus(target: &str) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(corpus_dir(target))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        files.push((name, std::fs::read(&path)?));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Why a corpus did not replay cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The corpus could not be read.
+    #[error("corpus {target}: {source}")]
+    Read {
+        /// The fuzz target.
+        target: String,
+        /// What reading it said.
+        source: std::io::Error,
+    },
+    /// The target panicked on a file: a property failed.
+    #[error("corpus file {file} fails the {target} target")]
+    Fails {
+        /// The fuzz target.
+        target: String,
+        /// The file's name.
+        file: String,
+    },
+}
+
+/// Runs fuzz target `run` on every file of `target`'s committed corpus, as
+/// `cargo fuzz` would but on stable, and returns the files. The first file
+/// the target panics on is an error naming it.
+///
+/// ```
+/// let files = shmem::fuzzing::replay("segment_header", shmem::fuzzing::segment_header)?;
+/// assert!(!files.is_empty());
+/// # Ok::<(), shmem::fuzzing::ReplayError>(())
+/// ```
+pub fn replay(target: &str, run: fn(&[u8])) -> Result<Vec<(String, Vec<u8>)>, ReplayError> {
+    let files = corpus(target).map_err(|source| ReplayError::Read {
+        target: target.to_owned(),
+        source,
+    })?;
+    for (file, bytes) in &files {
+        if std::panic::catch_unwind(|| run(bytes)).is_err() {
+            return Err(ReplayError::Fails {
+                target: target.to_owned(),
+                file: file.clone(),
+            });
+        }
+    }
+    Ok(files)
+}
