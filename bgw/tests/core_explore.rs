@@ -55,6 +55,7 @@
 //! `CORE_EXPLORE_LAGGING=1` for the lagging world) and
 //! `cargo test -p bgw --test core_explore random -- --nocapture`; one
 //! operator session with `CORE_EXPLORE_OPERATOR_SEED=<seed>`.
+#![cfg(not(loom))]
 
 mod core_explore {
     pub mod explore;

@@ -4,6 +4,7 @@
 //! "Facts verified", 2): with `FUTEX_PRIVATE_FLAG`, a wake from one process
 //! never reaches a sleeper in another, so the sleeping side below would run
 //! into its deadline and the test would fail with a timeout code.
+#![cfg(not(loom))]
 
 mod common;
 

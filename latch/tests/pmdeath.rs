@@ -6,6 +6,7 @@
 //! watches, through shared memory, what the worker's latch wait reports.
 //! Every forked process does only async-signal-safe things (see
 //! tests/common).
+#![cfg(not(loom))]
 
 mod common;
 

@@ -5,6 +5,7 @@
 //! async-signal-safe things: atomics and futex calls on the segment,
 //! `getpid`, `clock_gettime`; no allocation, printing or unwinding. It
 //! reports through its exit code and leaves through `_exit`.
+#![cfg(not(loom))]
 
 use std::time::{Duration, Instant};
 

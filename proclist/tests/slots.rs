@@ -4,6 +4,7 @@
 //!
 //! The harness is multi-threaded, so forked children here stick to atomics,
 //! system calls and glibc's fork-safe malloc, and leave through `_exit`.
+#![cfg(not(loom))]
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,5 @@
 //! Keeps the README's shared-memory example compiling and true.
+#![cfg(not(loom))]
 
 #[test]
 fn readme_example_runs() -> Result<(), Box<dyn std::error::Error>> {

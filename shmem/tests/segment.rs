@@ -4,6 +4,7 @@
 //! The test harness is multi-threaded, so a forked child here does only
 //! what is safe after `fork` in such a process (atomics on the segment,
 //! glibc's fork-safe malloc at most) and leaves through `_exit`.
+#![cfg(not(loom))]
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
