@@ -102,8 +102,19 @@
 //! # Crashes and the postmaster
 //!
 //! The list lock is a [`ShmLock`](crate::ShmLock): a process dying while it
-//! holds it (a few instructions of list surgery) means a segment reset. A
-//! process dying while merely *on* the list leaves its slot linked; a
+//! holds it (a few instructions of list surgery) leaves it held, so that
+//! death must reset the segment, and the postmaster only knows to if the
+//! dead process was inside a critical section. A waiter is: every hold of
+//! the lock made for a [`CvWait`] runs inside the waiter node's
+//! [`WaitNode::enter_critical`], which a [`ProcSlot`](crate::ProcSlot)
+//! turns into its critical-section depth. A signaller is not known to the
+//! variable; one whose crash the postmaster may contain (a worker with
+//! `OnCrash::Contain`, a process that attached by itself) wraps its
+//! [`signal`](ConditionVariable::signal) or [`broadcast`]
+//! (ConditionVariable::broadcast) in a section of its own
+//! ([`SlotGuard::critical`](crate::SlotGuard::critical)). A process dying
+//! while merely *on* the list, asleep, is outside every section: its slot
+//! stays linked; a
 //! signal that removes it sets a latch nobody waits on, which is harmless,
 //! and the slot's reclaimer must take it off ([`ConditionVariable::forget`])
 //! before the slot is reused. The postmaster never waits on a variable and
@@ -127,6 +138,46 @@ pub const BROADCAST_BATCH: usize = 32;
 pub trait WaitNode: ListNode {
     /// The latch of the process in this slot.
     fn latch(&self) -> &Latch;
+
+    /// Called by the node's owner, as a waiter, just before it takes the
+    /// variable's lock; [`exit_critical`](Self::exit_critical) follows once
+    /// the lock is released. A node that keeps its owner's critical-section
+    /// depth (a [`ProcSlot`](crate::ProcSlot) does) raises it here, so that
+    /// a waiter dying with the lock held is seen as a crash inside a
+    /// critical section, which resets the segment, rather than a clean one
+    /// that the postmaster may contain (see "Crashes and the postmaster" in
+    /// the module docs). The default does nothing.
+    fn enter_critical(&self) {}
+
+    /// The end of the stretch [`enter_critical`](Self::enter_critical)
+    /// began. The default does nothing.
+    fn exit_critical(&self) {}
+}
+
+/// A waiter's critical section around one hold of the variable's lock.
+/// Entered before the lock is taken, since a death between taking the lock
+/// and entering would look clean, and left when dropped, which callers
+/// arrange to come after the lock's release (declare it first). Dying
+/// while still queued for the lock therefore also counts as dirty: a reset
+/// that was not strictly needed, never a stuck lock that was.
+struct Holding<'a, N: WaitNode>(Option<&'a N>);
+
+impl<'a, N: WaitNode> Holding<'a, N> {
+    fn enter(nodes: &'a [N], me: u32) -> Self {
+        let node = nodes.get(me as usize);
+        if let Some(node) = node {
+            node.enter_critical();
+        }
+        Self(node)
+    }
+}
+
+impl<N: WaitNode> Drop for Holding<'_, N> {
+    fn drop(&mut self) {
+        if let Some(node) = self.0 {
+            node.exit_critical();
+        }
+    }
 }
 
 /// Why [`CvWait::sleep`] returned.
@@ -202,6 +253,7 @@ impl ConditionVariable {
         nodes: &'a [N],
     ) -> Result<CvWait<'a, N>, CvError> {
         let list = self.list(nodes);
+        let _held = Holding::enter(nodes, me);
         list.lock()?.push_tail(me)?;
         Ok(CvWait {
             list,
@@ -342,6 +394,7 @@ impl<N: WaitNode> CvWait<'_, N> {
     /// the list; sleeping again puts us back first.
     pub fn sleep(&self, deadline: Option<Instant>) -> Result<CvWake, CvError> {
         if !self.listed.get() {
+            let _held = self.holding();
             self.list.lock()?.push_tail(self.me)?;
             self.listed.set(true);
         }
@@ -351,6 +404,7 @@ impl<N: WaitNode> CvWait<'_, N> {
                 // Reset before checking the list (latch protocol): a signal
                 // that removes us after the check sets the latch after this.
                 latch.reset();
+                let _held = self.holding();
                 let locked = self.list.lock()?;
                 if locked.contains(self.me)? {
                     Ok(CvWake::LatchSet)
@@ -360,6 +414,7 @@ impl<N: WaitNode> CvWait<'_, N> {
                 }
             }
             Wake::Timeout => {
+                let _held = self.holding();
                 let locked = self.list.lock()?;
                 if locked.remove(self.me)? {
                     self.listed.set(false);
@@ -390,6 +445,11 @@ impl<N: WaitNode> CvWait<'_, N> {
         self.me
     }
 
+    /// Our critical section for one hold of the lock.
+    fn holding(&self) -> Holding<'_, N> {
+        Holding::enter(self.list.nodes(), self.me)
+    }
+
     fn latch(&self) -> Result<&Latch, CvError> {
         // `me` was range-checked by the push in `prepare`, but the slice
         // is ours to index, so check again rather than panic.
@@ -410,6 +470,7 @@ impl<N: WaitNode> CvWait<'_, N> {
             return Ok(false);
         }
         let next = {
+            let _held = self.holding();
             let locked = self.list.lock()?;
             let removed = locked.remove(self.me)?;
             self.listed.set(false);
@@ -521,6 +582,93 @@ mod tests {
         nodes[0].latch.set();
         assert_eq!(w.sleep(soon()).unwrap(), CvWake::LatchSet);
         assert_eq!(waiters(&cv, &nodes), [0]);
+    }
+
+    /// A node that checks the waiter's critical sections: its link is
+    /// only touched under the lock, and every such touch must come with
+    /// the section open.
+    struct Watched<'a> {
+        link: ListLink,
+        latch: Latch,
+        cv: &'a ConditionVariable,
+        depth: AtomicU32,
+        sections: AtomicU32,
+        locked_touches: AtomicU32,
+        bare_touches: AtomicU32,
+    }
+
+    impl ListNode for Watched<'_> {
+        fn link(&self) -> &ListLink {
+            if self.cv.lock_holder().is_some() {
+                self.locked_touches.fetch_add(1, Ordering::Relaxed);
+                if self.depth.load(Ordering::Relaxed) == 0 {
+                    self.bare_touches.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            &self.link
+        }
+    }
+
+    impl WaitNode for Watched<'_> {
+        fn latch(&self) -> &Latch {
+            &self.latch
+        }
+
+        fn enter_critical(&self) {
+            assert!(
+                self.cv.lock_holder().is_none(),
+                "entered with the lock held"
+            );
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            self.sections.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn exit_critical(&self) {
+            assert!(self.cv.lock_holder().is_none(), "left with the lock held");
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Every hold of the lock a wait makes (prepare, each kind of wake,
+    /// sleeping again after a timeout, cancel) runs inside the waiter
+    /// node's critical section, entered before the lock is taken and left
+    /// after it is released, so a waiter that dies holding the lock is a
+    /// dirty death.
+    #[test]
+    fn a_waiter_holds_the_lock_only_inside_its_critical_section() {
+        let cv = ConditionVariable::new();
+        let node = Watched {
+            link: ListLink::new(),
+            latch: Latch::new(),
+            cv: &cv,
+            depth: AtomicU32::new(0),
+            sections: AtomicU32::new(0),
+            locked_touches: AtomicU32::new(0),
+            bare_touches: AtomicU32::new(0),
+        };
+        let nodes = std::slice::from_ref(&node);
+        node.latch.own().unwrap();
+        let w = cv.prepare(0, nodes).unwrap();
+        // Wake::Set: an unrelated set, then a signal.
+        node.latch.set();
+        assert_eq!(w.sleep(None).unwrap(), CvWake::LatchSet);
+        assert_eq!(cv.signal(nodes).unwrap(), Some(0));
+        let signal_touches = node.locked_touches.load(Ordering::Relaxed);
+        let signal_bare = node.bare_touches.load(Ordering::Relaxed);
+        assert_eq!(w.sleep(None).unwrap(), CvWake::Signaled);
+        // Wake::Timeout, then back on the list by the next sleep.
+        assert_eq!(w.sleep(soon()).unwrap(), CvWake::Timeout);
+        node.latch.set();
+        assert_eq!(w.sleep(soon()).unwrap(), CvWake::LatchSet);
+        assert!(!w.cancel().unwrap());
+        // The signaller's hold is not the waiter's (it is outside every
+        // section, as the docs say); every other touch is inside one.
+        assert!(signal_bare > 0, "the check sees touches outside sections");
+        assert_eq!(node.bare_touches.load(Ordering::Relaxed), signal_bare);
+        assert!(node.locked_touches.load(Ordering::Relaxed) > signal_touches + 4);
+        // prepare, LatchSet, Signaled, Timeout, sleep again, LatchSet, cancel.
+        assert_eq!(node.sections.load(Ordering::Relaxed), 7);
+        assert_eq!(node.depth.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -44,7 +44,13 @@
 //! A process that dies while holding the lock leaves it held forever, and
 //! leaves whatever the lock protects possibly half-changed. Nothing can
 //! repair that from the outside; the segment must be reset (DESIGN.md,
-//! "Critical sections"). [`ShmLock::holder`] names the holder so that a
+//! "Critical sections"). The lock cannot tell the postmaster so itself (it
+//! knows no slot): a process whose crash may be contained (a worker with
+//! `OnCrash::Contain`, a process that attached by itself) takes the lock
+//! inside a critical section of its slot
+//! ([`SlotGuard::critical`](crate::SlotGuard::critical), entered before
+//! locking and left after unlocking), which makes its death while holding
+//! a reset. [`ShmLock::holder`] names the holder so that a
 //! supervisor can see that it is dead; a lock that reads locked with no
 //! holder recorded was either taken an instant ago or lost its holder
 //! between the CAS and the store of its pid, so it cannot be judged from

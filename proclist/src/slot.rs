@@ -273,6 +273,14 @@ impl crate::condvar::WaitNode for ProcSlot {
     fn latch(&self) -> &latch::Latch {
         &self.latch.0
     }
+
+    fn enter_critical(&self) {
+        ProcSlot::enter_critical(self);
+    }
+
+    fn exit_critical(&self) {
+        ProcSlot::exit_critical(self);
+    }
 }
 
 #[cfg(test)]

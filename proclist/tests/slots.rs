@@ -13,7 +13,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 use proclist::slot::{ACTIVE, ASSIGNED, EXITING, FREE};
-use proclist::{Kind, ProcArray, ProcArrayConfig, ProcArrayError};
+use proclist::{
+    ConditionVariable, Kind, ListLink, ListNode, ProcArray, ProcArrayConfig, ProcArrayError,
+    ProcSlot, WaitNode,
+};
 use shmem::sync::{AtomicU32, Ordering};
 use shmem::{Layout, Segment};
 
@@ -29,6 +32,7 @@ fn segment() -> Segment {
         .array::<AtomicU32>("owned_by", CONFIG.total() as usize)
         .region::<AtomicU32>("violations")
         .region::<AtomicU32>("flag")
+        .region::<ConditionVariable>("cv")
         .build()
         .unwrap();
     let seg = Segment::create(&layout).unwrap();
@@ -246,6 +250,88 @@ fn a_killed_owner_is_reclaimed_but_a_live_one_is_not() {
         CONFIG.backends
     );
     assert!(procs.reclaim_dead().is_empty(), "reclaimed once only");
+}
+
+/// A process slot as a condition variable's node that, when armed, kills
+/// its own process the moment the variable's list touches its link: a
+/// death with the list's lock held.
+struct DiesInSurgery<'a> {
+    slot: &'a ProcSlot,
+    armed: bool,
+}
+
+impl ListNode for DiesInSurgery<'_> {
+    fn link(&self) -> &ListLink {
+        if self.armed {
+            let _ = kill(Pid::this(), Signal::SIGKILL);
+        }
+        self.slot.link()
+    }
+}
+
+impl WaitNode for DiesInSurgery<'_> {
+    fn latch(&self) -> &latch::Latch {
+        WaitNode::latch(self.slot)
+    }
+
+    fn enter_critical(&self) {
+        WaitNode::enter_critical(self.slot);
+    }
+
+    fn exit_critical(&self) {
+        WaitNode::exit_critical(self.slot);
+    }
+}
+
+/// A waiter that dies holding a condition variable's lock leaves the lock
+/// held, so its slot must say "reset": the wait's critical section does.
+/// One killed while asleep on the variable holds nothing and is clean.
+#[test]
+fn a_waiter_killed_holding_the_condvar_lock_is_dirty_one_killed_asleep_is_not() {
+    for armed in [true, false] {
+        let seg = segment();
+        let procs = ProcArray::attach(&seg, CONFIG).unwrap();
+        let cv = seg.region::<ConditionVariable>("cv").unwrap();
+        let flag = seg.region::<AtomicU32>("flag").unwrap();
+        let nodes: Vec<_> = procs
+            .iter()
+            .map(|(_, slot)| DiesInSurgery { slot, armed })
+            .collect();
+        let child = spawn_child(|| {
+            let Ok(guard) = procs.acquire(Kind::Backend) else {
+                return 1;
+            };
+            let Ok(wait) = cv.prepare(guard.index(), &nodes) else {
+                return 2;
+            };
+            // Release: pairs with the parent's acquire load.
+            flag.store(1, Ordering::Release);
+            loop {
+                let _ = wait.sleep(None);
+            }
+        });
+        if !armed {
+            eventually("the child waits", || flag.load(Ordering::Acquire) == 1);
+            kill(child, Signal::SIGKILL).unwrap();
+        }
+        assert_eq!(
+            waitpid(child, None).unwrap(),
+            WaitStatus::Signaled(child, Signal::SIGKILL, false)
+        );
+        let reclaimed = procs.reclaim_dead();
+        assert_eq!(reclaimed.len(), 1);
+        let pid = child.as_raw() as u32;
+        if armed {
+            assert_eq!(cv.lock_holder(), Some(pid), "died with the lock held");
+            assert_eq!(reclaimed[0].crit_depth, 1, "a stuck lock needs a reset");
+        } else {
+            // Abandoned outside every section: what a worker with
+            // OnCrash::Contain may be restarted alone after.
+            assert_eq!(cv.lock_holder(), None);
+            assert_eq!(reclaimed[0].was.state, ACTIVE);
+            assert_eq!(reclaimed[0].crit_depth, 0, "asleep, it held nothing");
+        }
+    }
 }
 
 #[test]
