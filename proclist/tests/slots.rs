@@ -61,6 +61,14 @@ fn wait_exit(pid: Pid) -> i32 {
     }
 }
 
+/// Waits for `child`, which must have died of SIGKILL.
+fn wait_killed(child: Pid) {
+    assert_eq!(
+        waitpid(child, None).unwrap(),
+        WaitStatus::Signaled(child, Signal::SIGKILL, false)
+    );
+}
+
 /// Polls `cond` until it holds or a generous deadline passes.
 fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -228,10 +236,7 @@ fn a_killed_owner_is_reclaimed_but_a_live_one_is_not() {
     assert_eq!(slot.status().state, ACTIVE);
 
     kill(child, Signal::SIGKILL).unwrap();
-    assert_eq!(
-        waitpid(child, None).unwrap(),
-        WaitStatus::Signaled(child, Signal::SIGKILL, false)
-    );
+    wait_killed(child);
     let reclaimed = procs.reclaim_dead();
     assert_eq!(reclaimed.len(), 1);
     assert_eq!(reclaimed[0].index, index);
@@ -314,10 +319,7 @@ fn a_waiter_killed_holding_the_condvar_lock_is_dirty_one_killed_asleep_is_not() 
             eventually("the child waits", || flag.load(Ordering::Acquire) == 1);
             kill(child, Signal::SIGKILL).unwrap();
         }
-        assert_eq!(
-            waitpid(child, None).unwrap(),
-            WaitStatus::Signaled(child, Signal::SIGKILL, false)
-        );
+        wait_killed(child);
         let reclaimed = procs.reclaim_dead();
         assert_eq!(reclaimed.len(), 1);
         let pid = child.as_raw() as u32;
