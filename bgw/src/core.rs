@@ -1732,7 +1732,7 @@ mod tests {
             assert!(w.failed, "{} failed", w.spec.name());
             assert_eq!(w.state, RunState::Held);
         }
-        assert!(core.stats().restarts == 1);
+        assert_eq!(core.stats().restarts, 1);
     }
 
     #[test]

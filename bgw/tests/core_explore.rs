@@ -70,7 +70,7 @@ use bgw::spec::{Phase, Restart, WorkerSpec};
 
 use bgw::fuzzing::world::{Step, Tally, World, core_config};
 use bgw::fuzzing::{CORE_EVENTS_CONTROL_OP, core_events_steps};
-use core_explore::explore::{Coverage, SplitMix64, explore, random_run, replay};
+use core_explore::explore::{Coverage, SplitMix64, explore, random_run, random_run_with, replay};
 
 /// The world with every static worker running (alpha as pid 1000, beta
 /// 1001, gamma 1002).
@@ -341,24 +341,9 @@ fn random_operator_sessions_keep_the_invariants() {
         let seed = one.unwrap_or_else(|| seeds.next_u64());
         // The seed's low bit picks the lagging world.
         let lagging = seed & 1 == 1;
-        let mut rng = SplitMix64::new(seed);
-        let mut world = World::new(lagging);
-        let mut trace = Vec::with_capacity(OPERATOR_LENGTH + 1);
-        for i in 0..=OPERATOR_LENGTH {
-            let step = if i == OPERATOR_LENGTH {
-                Step::Quiesce
-            } else {
-                operator_step(&world, &mut rng, lagging)
-            };
-            trace.push(step.clone());
-            if let Err(message) = world.apply(&step) {
-                panic!(
-                    "operator session (seed {seed:#x}, lagging={lagging}): {message}\ntrace: {trace:#?}\n{}\nreplay: CORE_EXPLORE_OPERATOR_SEED={seed:#x}",
-                    world.describe()
-                );
-            }
-        }
-        total += world.tally;
+        total += random_run_with(seed, OPERATOR_LENGTH, lagging, operator_step).unwrap_or_else(
+            |failure| panic!("{failure}\nreplay: CORE_EXPLORE_OPERATOR_SEED={seed:#x}"),
+        );
     }
     eprintln!(
         "{runs} random operator sessions of {OPERATOR_LENGTH} steps in {:.1?}: {total:?}",

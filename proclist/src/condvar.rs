@@ -586,7 +586,8 @@ mod tests {
 
     /// A node that checks the waiter's critical sections: its link is
     /// only touched under the lock, and every such touch must come with
-    /// the section open.
+    /// the section open. Its counters are Relaxed throughout: one thread
+    /// writes and reads them, so there is nothing to pair with.
     struct Watched<'a> {
         link: ListLink,
         latch: Latch,

@@ -314,10 +314,11 @@ impl<'a> FreeList<'a> {
             let predicted = Head::decode(hint.word);
             let index = predicted.top.wrapping_sub(1);
             // The range checks are those pop_from() makes, on the hint's
-            // values, which equal the loaded ones wherever they are used.
+            // values, which equal the loaded ones wherever they are used
+            // (`below` is +1 encoded: 0, none, up to the capacity).
             // Relaxed: ordered after the acquire head load, as in pop_from().
             if index < self.capacity()
-                && (hint.below == 0 || hint.below <= self.capacity())
+                && hint.below <= self.capacity()
                 && self.link(index).load(Ordering::Relaxed) == hint.below
             {
                 return match self.try_pop(predicted, hint.below) {

@@ -230,10 +230,23 @@ fn freelist_aba_model_catches_a_head_without_a_working_tag() {
     loom::model(move || aba_scene(&reached, true));
 }
 
-/// Hinted pops and pushes (see the free list's docs): a process takes a
-/// slot, gives it back and takes one again, each step predicted from the
-/// one before (the second pop from the push's hint, each push from its
-/// pop's head); another takes and gives back two. A hint only predicts
+/// Process 1 of the hinted models: takes a slot, gives it back and takes
+/// one again, each step predicted from the one before (the second pop from
+/// the push's hint, each push from its pop's head), and gives that back.
+/// Joins to the two slots it held, or `None` if a pop found the list empty.
+fn spawn_hinted_cycle(slots: &Arc<Slots>) -> thread::JoinHandle<Option<(u32, u32)>> {
+    let slots = slots.clone();
+    thread::spawn(move || {
+        let (first, head) = slots.take_hinted(1, PopHint::NONE)?;
+        let hint = slots.give_back_hinted(first, head);
+        let (second, head) = slots.take_hinted(1, hint)?;
+        slots.give_back_hinted(second, head);
+        Some((first, second))
+    })
+}
+
+/// Hinted pops and pushes (see the free list's docs): process 1 runs
+/// [`spawn_hinted_cycle`]; another takes and gives back two. A hint only predicts
 /// values that are then compared with shared memory, so whoever changes
 /// the list in between must only make the prediction miss: no slot is
 /// handed out twice, none is lost.
@@ -246,16 +259,7 @@ fn freelist_hinted_operations_conserve_slots() {
         ],
         |reached| {
             let slots = Slots::new(2);
-            let hinted = {
-                let slots = slots.clone();
-                thread::spawn(move || {
-                    let (first, head) = slots.take_hinted(1, PopHint::NONE)?;
-                    let hint = slots.give_back_hinted(first, head);
-                    let (second, head) = slots.take_hinted(1, hint)?;
-                    slots.give_back_hinted(second, head);
-                    Some((first, second))
-                })
-            };
+            let hinted = spawn_hinted_cycle(&slots);
             let other = {
                 let slots = slots.clone();
                 thread::spawn(move || {
@@ -290,18 +294,9 @@ fn freelist_hinted_operations_conserve_slots() {
 /// `aba_scene`, and the model must fail.
 fn hinted_aba_scene(reached: &Reached, rewind_tag: bool) {
     let slots = Slots::new(2);
-    let hinted = {
-        let slots = slots.clone();
-        thread::spawn(move || {
-            let (first, head) = slots.take_hinted(1, PopHint::NONE)?;
-            let hint = slots.give_back_hinted(first, head);
-            let (second, head) = slots.take_hinted(1, hint)?;
-            slots.give_back_hinted(second, head);
-            Some(second)
-        })
-    };
+    let hinted = spawn_hinted_cycle(&slots);
     let racer = spawn_racer(&slots, rewind_tag);
-    let got = hinted.join().unwrap();
+    let got = hinted.join().unwrap().map(|(_, second)| second);
     let (a, _) = racer.join().unwrap();
     slots.assert_conserved();
     if got.is_some() && got == a {

@@ -276,6 +276,16 @@ fn random_step(world: &World, rng: &mut SplitMix64, lagging: bool) -> Step {
 
 /// One random run of `len` steps from `seed`, then quiescing.
 pub fn random_run(seed: u64, len: usize, lagging: bool) -> Result<Tally, Failure> {
+    random_run_with(seed, len, lagging, random_step)
+}
+
+/// As [`random_run`], with the steps chosen by `choose`.
+pub fn random_run_with(
+    seed: u64,
+    len: usize,
+    lagging: bool,
+    choose: fn(&World, &mut SplitMix64, bool) -> Step,
+) -> Result<Tally, Failure> {
     let origin = format!("random (seed {seed:#018x}, lagging={lagging}, length {len})");
     let mut rng = SplitMix64::new(seed);
     let mut world = World::new(lagging);
@@ -284,7 +294,7 @@ pub fn random_run(seed: u64, len: usize, lagging: bool) -> Result<Tally, Failure
         let step = if i == len {
             Step::Quiesce
         } else {
-            random_step(&world, &mut rng, lagging)
+            choose(&world, &mut rng, lagging)
         };
         trace.push(step.clone());
         if let Err(message) = world.apply(&step) {
