@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use bgw::status::{SeqWords, get_str, put_str};
+use bgw::status::{SeqWords, cut_at_char, get_str, put_str};
 use bgw::{Endpoint, Restart, WorkerContext, WorkerExit, WorkerHandle, WorkerResult, WorkerSpec};
 use chrono::{DateTime, Utc};
 use croner::Cron;
@@ -586,12 +586,17 @@ fn start_run(
         Err(e) => {
             run.outcome = Outcome::Failed;
             run.ended_ms = run.started_ms;
-            run.message = format!("not started: {e}");
-            run.message.truncate(MAX_MESSAGE - 1);
+            run.message = fit_message(&format!("not started: {e}"));
             tables.append_run(&run);
             schedule_retry(live, attempt, Instant::now());
         }
     }
+}
+
+/// `message` cut to what a run's entry holds, between characters (a job's
+/// message is its own text, in any script).
+fn fit_message(message: &str) -> String {
+    cut_at_char(message, MAX_MESSAGE - 1).to_owned()
 }
 
 fn schedule_retry(live: &mut Live, attempt: u32, now: Instant) {
@@ -633,8 +638,7 @@ fn check_run(
     going.run.outcome = outcome;
     going.run.exit = exit;
     going.run.ended_ms = unix_ms(Utc::now());
-    going.run.message = message;
-    going.run.message.truncate(MAX_MESSAGE - 1);
+    going.run.message = fit_message(&message);
     tables.update_run(going.position, &going.run);
     if outcome != Outcome::Succeeded {
         schedule_retry(live, going.run.attempt, now);
@@ -844,6 +848,27 @@ mod tests {
             None,
             "an empty entry is no job"
         );
+    }
+
+    /// A job's message in any script is cut between characters (a cut
+    /// inside one panicked the scheduler) and reads back as it was cut.
+    #[test]
+    fn a_long_message_in_any_script_fits_its_run_entry() {
+        for text in ["ü".repeat(40), "x".repeat(60), "日本".repeat(20)] {
+            let message = fit_message(&text);
+            assert!(message.len() < MAX_MESSAGE && text.starts_with(&message));
+            let run = Run {
+                id: 1,
+                job: "j".into(),
+                attempt: 1,
+                outcome: Outcome::Failed,
+                started_ms: 5,
+                ended_ms: 9,
+                exit: Some(1),
+                message,
+            };
+            assert_eq!(Run::decode(&run.encode()), Some(run));
+        }
     }
 
     #[test]

@@ -283,17 +283,28 @@ impl WorkerRow {
 }
 
 /// Packs `text` into `words` for a [`SeqWords`] entry: a length byte, then
-/// the bytes, little-endian, cut to what fits (at most 255 bytes).
+/// the bytes, little-endian, cut to what fits (at most 255 bytes, and
+/// between characters).
 pub fn put_str(words: &mut [u64], text: &str) {
     let mut bytes = vec![0u8; words.len() * 8];
-    let len = text.len().min(bytes.len().saturating_sub(1)).min(255);
-    if let Some(first) = bytes.first_mut() {
-        *first = len as u8;
+    if let Some((len, rest)) = bytes.split_first_mut() {
+        let text = cut_at_char(text, rest.len().min(255));
+        *len = text.len() as u8;
+        rest[..text.len()].copy_from_slice(text.as_bytes());
     }
-    bytes[1..1 + len].copy_from_slice(&text.as_bytes()[..len]);
     for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
         *word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
     }
+}
+
+/// The longest start of `text` of at most `max` bytes that ends between
+/// characters (so, unlike `String::truncate` there, it cannot panic).
+pub fn cut_at_char(text: &str, max: usize) -> &str {
+    let mut len = text.len().min(max);
+    while !text.is_char_boundary(len) {
+        len -= 1;
+    }
+    &text[..len]
 }
 
 /// The text [`put_str`] packed, or `None` if `words` hold no valid one
@@ -361,6 +372,22 @@ mod tests {
         }
         entry.write(None);
         assert_eq!(entry.read(), Ok(None));
+    }
+
+    /// Text cut to fit is cut between characters, so it reads back: a
+    /// cut inside one would leave bytes that are not UTF-8, and the whole
+    /// entry unreadable.
+    #[test]
+    fn text_too_long_for_its_words_is_cut_at_a_character_boundary() {
+        let mut words = [0u64; 1];
+        // Seven bytes fit after the length byte; "é" is two.
+        put_str(&mut words, "éééé");
+        assert_eq!(get_str(&words).as_deref(), Some("ééé"));
+        put_str(&mut words, "abcdefgh");
+        assert_eq!(get_str(&words).as_deref(), Some("abcdefg"));
+        put_str(&mut [], "anything");
+        assert_eq!(cut_at_char("aé", 2), "a");
+        assert_eq!(cut_at_char("aé", 3), "aé");
     }
 
     #[test]
