@@ -573,7 +573,9 @@ mod tests {
         }
     }
 
-    /// The slots on the list, top first (for a quiescent list).
+    /// The slots on the list, top first (for a quiescent list). Here and
+    /// in the hint tests below, Relaxed loads and stores of the head and
+    /// links are one thread's own accesses: nothing to pair with.
     fn contents(fl: &FreeList<'_>) -> Vec<u32> {
         let mut top = Head::decode(fl.head.load(Ordering::Relaxed)).top;
         let mut out = Vec::new();
