@@ -501,7 +501,7 @@ impl<'a> ProcArray<'a> {
     /// shard changed, someone pushed or popped: scan again, a bounded number
     /// of times like the list's own retries.
     #[inline(always)]
-    fn take(&self, kind: Kind, home: u32, list: FreeList<'a>) -> Result<Taken, ProcArrayError> {
+    fn take(&self, kind: Kind, home: u32, list: FreeList<'a>) -> Result<Taken<'a>, ProcArrayError> {
         if let Popped::Slot { index, head } = list.pop_hinted(me::hint())? {
             return self.check_taken(kind, index, head);
         }
@@ -510,7 +510,7 @@ impl<'a> ProcArray<'a> {
 
     /// [`take`](Self::take)'s slow path: the home shard was empty.
     #[cold]
-    fn take_elsewhere(&self, kind: Kind, home: u32) -> Result<Taken, ProcArrayError> {
+    fn take_elsewhere(&self, kind: Kind, home: u32) -> Result<Taken<'a>, ProcArrayError> {
         let mut seen = [0u64; MAX_FREE_LIST_SHARDS];
         for _ in 0..crate::freelist::MAX_ATTEMPTS {
             for step in 0..self.shards {
@@ -540,14 +540,21 @@ impl<'a> ProcArray<'a> {
     /// Checks that slot `relative` of `kind`, just popped leaving the head
     /// word `head`, is free.
     #[inline(always)]
-    fn check_taken(&self, kind: Kind, relative: u32, head: u64) -> Result<Taken, ProcArrayError> {
+    fn check_taken(
+        &self,
+        kind: Kind,
+        relative: u32,
+        head: u64,
+    ) -> Result<Taken<'a>, ProcArrayError> {
         let index = self.config.start(kind) + relative;
-        let status = self.slots[index as usize].status();
+        let slot = &self.slots[index as usize];
+        let status = slot.status();
         if status.state != FREE {
             // Not pushed back: it is someone's. The caller resets the segment.
             return Err(corrupt_pop(kind, index, status));
         }
         Ok(Taken {
+            slot,
             index,
             relative,
             free: status,
@@ -588,12 +595,12 @@ impl<'a> ProcArray<'a> {
         let me = self.me();
         let list = self.free_list(kind, me.home);
         let Taken {
+            slot,
             index,
             relative,
             free,
             head,
         } = self.take(kind, me.home, list)?;
-        let slot = &self.slots[index as usize];
         slot.set_identity(me.pid, me.start_time, kind as u32, owner_tag);
         slot.latch().hand_over(me.pid);
         let active = SlotStatus {
@@ -618,8 +625,9 @@ impl<'a> ProcArray<'a> {
     /// child passes it to [`activate`](Self::activate).
     pub fn assign(&self, kind: Kind, owner_tag: u64) -> Result<SlotHandle, ProcArrayError> {
         let home = self.home_shard();
-        let Taken { index, free, .. } = self.take(kind, home, self.free_list(kind, home))?;
-        let slot = &self.slots[index as usize];
+        let Taken {
+            slot, index, free, ..
+        } = self.take(kind, home, self.free_list(kind, home))?;
         slot.set_identity(0, 0, kind as u32, owner_tag);
         let assigned = SlotStatus {
             generation: free.generation.wrapping_add(1),
@@ -933,7 +941,8 @@ fn stale_at(index: u32, generation: u32, found: SlotStatus) -> ProcArrayError {
 }
 
 /// A slot popped from a free list and found free.
-struct Taken {
+struct Taken<'a> {
+    slot: &'a ProcSlot,
     index: u32,
     /// Its index within the list.
     relative: u32,
@@ -1051,11 +1060,22 @@ impl Drop for SlotGuard<'_> {
         slot.latch().hand_over(0);
         slot.reset_critical();
         slot.publish(free);
-        // Contended or corrupt: the slot leaks until the next reset, which a
-        // corrupt list gets anyway.
-        if let Ok(hint) = self.list.push_hinted(self.relative, self.head) {
-            me::set_hint(hint);
+        match self.list.push_guessed(self.relative, self.head) {
+            Some(hint) => me::set_hint(hint),
+            None => push_missed(self.list, self.relative),
         }
+    }
+}
+
+/// A release's push when its guess was wrong: out of line, and keeping
+/// the hint itself rather than merging it with the hot path's.
+#[cold]
+#[inline(never)]
+fn push_missed(list: FreeList<'_>, relative: u32) {
+    // Contended or corrupt: the slot leaks until the next reset, which a
+    // corrupt list gets anyway.
+    if let Ok(hint) = list.push_hinted(relative, 0) {
+        me::set_hint(hint);
     }
 }
 

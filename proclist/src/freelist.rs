@@ -56,6 +56,14 @@
 //! are unchanged; when either differs (someone else used the list since),
 //! the pop goes on as an unhinted one with what it loaded.
 //!
+//! A hint is not tied to a list: a foreign hint passes both comparisons
+//! only where it predicts this list's own head and link, which is all the
+//! CAS needs. The fallbacks (a wrong hint, a lost race) are kept out of
+//! line, so that what a caller inlines is the predicted path alone; a
+//! caller that must not merge the fallback's result with the hot one (a
+//! merge LLVM may route through the stack, where a wide reload of narrow
+//! stores stalls on store forwarding) uses [`FreeList::push_guessed`].
+//!
 //! This is R. K. Treiber's stack (IBM RJ 5118, 1986) with the version tag
 //! IBM's System/370 documentation gives for the same problem.
 
@@ -115,8 +123,6 @@ pub enum Popped {
 /// stale or foreign one costs a missed prediction and nothing else.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PopHint {
-    /// Address of the list's head word in this process; 0 for no hint.
-    list: usize,
     /// The head word the push installed.
     word: u64,
     /// The link it wrote under the pushed slot (+1 encoded).
@@ -125,11 +131,7 @@ pub struct PopHint {
 
 impl PopHint {
     /// No hint: the pop loads everything it needs.
-    pub const NONE: Self = Self {
-        list: 0,
-        word: 0,
-        below: 0,
-    };
+    pub const NONE: Self = Self { word: 0, below: 0 };
 }
 
 /// How many pause instructions the first retry after a failed CAS waits;
@@ -242,12 +244,6 @@ impl<'a> FreeList<'a> {
         self.head
     }
 
-    /// Where this process sees the head word: what a [`PopHint`] is for.
-    #[inline]
-    fn address(&self) -> usize {
-        std::ptr::from_ref(self.head) as usize
-    }
-
     /// Number of slots the list manages (free or not).
     #[inline]
     pub fn capacity(&self) -> u32 {
@@ -300,7 +296,8 @@ impl<'a> FreeList<'a> {
     /// [`ProcArray::acquire`](crate::ProcArray::acquire)).
     #[inline]
     pub fn pop_observed(&self) -> Result<Popped, FreeListError> {
-        self.pop_hinted(PopHint::NONE)
+        // Acquire: as in pop_hinted().
+        self.pop_from(self.head.load(Ordering::Acquire))
     }
 
     /// As [`pop_observed`](Self::pop_observed), predicting the head word and
@@ -310,7 +307,7 @@ impl<'a> FreeList<'a> {
         // Acquire: pairs with the release CAS in push() (and store in fill()),
         // so the link of the top slot is the one its pusher wrote.
         let word = self.head.load(Ordering::Acquire);
-        if hint.list == self.address() && word == hint.word {
+        if word == hint.word {
             let predicted = Head::decode(hint.word);
             let index = predicted.top.wrapping_sub(1);
             // The range checks are those pop_from() makes, on the hint's
@@ -323,10 +320,17 @@ impl<'a> FreeList<'a> {
             {
                 return match self.try_pop(predicted, hint.below) {
                     Ok(popped) => Ok(popped),
-                    Err(seen) => self.pop_from(seen),
+                    Err(seen) => self.pop_missed(seen),
                 };
             }
         }
+        self.pop_missed(word)
+    }
+
+    /// [`pop_hinted`](Self::pop_hinted) when the hint was wrong.
+    #[cold]
+    #[inline(never)]
+    fn pop_missed(&self, word: u64) -> Result<Popped, FreeListError> {
         self.pop_from(word)
     }
 
@@ -390,8 +394,10 @@ impl<'a> FreeList<'a> {
     /// slot's next owner.
     #[inline]
     pub fn push(&self, index: u32) -> Result<(), FreeListError> {
-        // No guess worth a load: any value is only compared, never trusted.
-        self.push_hinted(index, 0).map(|_| ())
+        self.check_owned(index)?;
+        // Relaxed: the CAS validates the value; a stale one just fails.
+        self.push_from(index, self.head.load(Ordering::Relaxed))
+            .map(|_| ())
     }
 
     /// As [`push`](Self::push), predicting the head word to be `guess`
@@ -400,25 +406,47 @@ impl<'a> FreeList<'a> {
     /// [`pop_hinted`](Self::pop_hinted) on this list.
     #[inline(always)]
     pub fn push_hinted(&self, index: u32, guess: u64) -> Result<PopHint, FreeListError> {
-        if index >= self.capacity() {
-            return Err(FreeListError::Corrupt {
-                index,
-                len: self.capacity(),
-            });
+        match self.push_guessed(index, guess) {
+            Some(hint) => Ok(hint),
+            None => self.push_missed(index),
         }
+    }
+
+    /// The first attempt of [`push_hinted`](Self::push_hinted) alone: `None`
+    /// if `index` is out of range, the head word is not `guess`, or the CAS
+    /// lost a race. The caller then pushes with [`push_hinted`] or
+    /// [`push`](Self::push), which retry; split out so that a hot caller
+    /// can keep those retries out of line without merging their result
+    /// with this one's through memory.
+    ///
+    /// [`push_hinted`]: Self::push_hinted
+    #[inline(always)]
+    pub fn push_guessed(&self, index: u32, guess: u64) -> Option<PopHint> {
         // Relaxed: the CAS validates the value; a stale one just fails.
         let word = self.head.load(Ordering::Relaxed);
-        // Compared with the guess, and the first attempt made with the
-        // guess's value: see the module docs on hints.
-        let first = if word == guess {
-            self.try_push(index, Head::decode(guess))
+        // Compared with the guess, and the attempt made with the guess's
+        // value: see the module docs on hints.
+        if index < self.capacity() && word == guess {
+            self.try_push(index, Head::decode(guess)).ok()
         } else {
-            Err(word)
-        };
-        let mut seen = match first {
-            Ok(hint) => return Ok(hint),
-            Err(seen) => seen,
-        };
+            None
+        }
+    }
+
+    /// [`push_hinted`](Self::push_hinted) when the guess was wrong or its
+    /// attempt lost a race.
+    #[cold]
+    #[inline(never)]
+    fn push_missed(&self, index: u32) -> Result<PopHint, FreeListError> {
+        self.check_owned(index)?;
+        // Relaxed: the CAS validates the value; a stale one just fails.
+        self.push_from(index, self.head.load(Ordering::Relaxed))
+    }
+
+    /// The unhinted push of `index` (in range, owned by the caller),
+    /// starting from the head word `seen`.
+    #[inline]
+    fn push_from(&self, index: u32, mut seen: u64) -> Result<PopHint, FreeListError> {
         let mut backoff = Backoff::new();
         for _ in 0..MAX_ATTEMPTS {
             match self.try_push(index, Head::decode(seen)) {
@@ -453,10 +481,22 @@ impl<'a> FreeList<'a> {
                 Ordering::Relaxed,
             )
             .map(|_| PopHint {
-                list: self.address(),
                 word: next.encode(),
                 below: current.top,
             })
+    }
+
+    /// Checks that `index`, a slot the caller says it owns, is one of ours.
+    #[inline]
+    fn check_owned(&self, index: u32) -> Result<(), FreeListError> {
+        if index < self.capacity() {
+            Ok(())
+        } else {
+            Err(FreeListError::Corrupt {
+                index,
+                len: self.capacity(),
+            })
+        }
     }
 
     /// Decodes a +1-encoded index read from shared memory, checking range.
@@ -603,7 +643,6 @@ mod tests {
         assert_eq!(
             hint,
             PopHint {
-                list: fl.address(),
                 word: head.load(Ordering::Relaxed),
                 below: 2,
             }
@@ -613,6 +652,30 @@ mod tests {
             Ok(Popped::Slot { index: 0, .. })
         ));
         assert_eq!(contents(&fl), [1, 2]);
+    }
+
+    /// A guessed push does nothing unless the guess is the head word and
+    /// the index is in range; with both, it pushes like a plain push.
+    #[test]
+    fn a_guessed_push_acts_only_on_a_right_guess() {
+        let (head, links) = list(3);
+        let fl = FreeList::new(&head, &links);
+        fl.fill();
+        let Popped::Slot { index, head: left } = fl.pop_observed().unwrap() else {
+            panic!("a full list popped nothing")
+        };
+        assert_eq!(fl.push_guessed(index, left ^ 1), None, "wrong guess");
+        assert_eq!(fl.push_guessed(3, left), None, "out of range");
+        assert_eq!(contents(&fl), [1, 2], "neither pushed");
+        let hint = fl.push_guessed(index, left).expect("right guess");
+        assert_eq!(contents(&fl), [0, 1, 2]);
+        assert_eq!(
+            hint,
+            PopHint {
+                word: head.load(Ordering::Relaxed),
+                below: 2,
+            }
+        );
     }
 
     /// A hint whose head word matches again after a wrapped tag, with the
@@ -674,7 +737,6 @@ mod tests {
                     1 => PopHint::NONE,
                     2 => foreign,
                     _ => PopHint {
-                        list: hinted.address(),
                         word: if r & 0x10000 != 0 {
                             head.load(Ordering::Relaxed)
                         } else {
