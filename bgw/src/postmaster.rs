@@ -1,5 +1,5 @@
 //! The OS driver: one thread, a signalfd, `waitpid`, `fork`, and the
-//! [`Core`](crate::core::Core) deciding what to do.
+//! [`Core`] deciding what to do.
 //!
 //! [`Postmaster::run`] creates the segment, blocks the signals it handles
 //! and reads them from a signalfd, then loops (see the core's module docs

@@ -11,7 +11,7 @@
 //!   [`ProcArray::assign`] *before* forking, keeps the returned
 //!   [`SlotHandle`] in its private memory, and the child calls
 //!   [`ProcArray::activate`] with it. When the child exits, the child marks
-//!   the slot [`EXITING`](crate::slot::EXITING) after its cleanup, and the
+//!   the slot [`EXITING`] after its cleanup, and the
 //!   postmaster, after `waitpid`, calls [`ProcArray::release_assigned`]
 //!   with its own record of the handle. The postmaster never takes an index
 //!   from shared memory on trust: a free-list pop is range-checked and the

@@ -6,18 +6,19 @@
 //! Shared state, all in the segment:
 //!
 //! - the variable: a [`ListHead`] (lock, head, tail), the list of waiters;
-//! - per slot, a [`ListLink`] reserved for condition-variable waits (a slot
-//!   waits on at most one variable at a time) and the slot's [`Latch`],
-//!   owned by the process in the slot: the [`WaitNode`] trait exposes both.
+//! - per slot, a [`ListLink`](crate::list::ListLink) reserved for
+//!   condition-variable waits (a slot waits on at most one variable at a
+//!   time) and the slot's [`Latch`], owned by the process in the slot: the
+//!   [`WaitNode`] trait exposes both.
 //!
 //! Roles. A *waiter* is the process owning slot `me`: it alone puts `me`
 //! on a list ([`ConditionVariable::prepare`], and again in
 //! [`CvWait::sleep`]) and resets and waits on `me`'s latch. A *signaller*
 //! is any process: [`signal`](ConditionVariable::signal) takes the first
-//! waiter off the list and then sets its latch; [`broadcast`]
-//! (ConditionVariable::broadcast) does that for every waiter. A waiter that
-//! finds itself off the list knows it was signalled; one that times out
-//! takes itself off.
+//! waiter off the list and then sets its latch;
+//! [`broadcast`](ConditionVariable::broadcast) does that for every waiter.
+//! A waiter that finds itself off the list knows it was signalled; one that
+//! times out takes itself off.
 //!
 //! The usage loop (PostgreSQL's ConditionVariablePrepareToSleep pattern):
 //! enqueue *first*, then check the condition, then sleep, and check again
@@ -110,17 +111,17 @@
 //! turns into its critical-section depth. A signaller is not known to the
 //! variable; one whose crash the postmaster may contain (a worker with
 //! `OnCrash::Contain`, a process that attached by itself) wraps its
-//! [`signal`](ConditionVariable::signal) or [`broadcast`]
-//! (ConditionVariable::broadcast) in a section of its own
+//! [`signal`](ConditionVariable::signal) or
+//! [`broadcast`](ConditionVariable::broadcast) in a section of its own
 //! ([`SlotGuard::critical`](crate::SlotGuard::critical)). A process dying
 //! while merely *on* the list, asleep, is outside every section: its slot
 //! stays linked; a
 //! signal that removes it sets a latch nobody waits on, which is harmless,
 //! and the slot's reclaimer must take it off ([`ConditionVariable::forget`])
 //! before the slot is reused. The postmaster never waits on a variable and
-//! signals only with deadlines ([`signal_until`]
-//! (ConditionVariable::signal_until), [`broadcast_until`]
-//! (ConditionVariable::broadcast_until)).
+//! signals only with deadlines
+//! ([`signal_until`](ConditionVariable::signal_until),
+//! [`broadcast_until`](ConditionVariable::broadcast_until)).
 
 use std::cell::Cell;
 use std::time::Instant;
@@ -183,8 +184,9 @@ impl<N: WaitNode> Drop for Holding<'_, N> {
 /// Why [`CvWait::sleep`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CvWake {
-    /// A [`signal`](ConditionVariable::signal) or [`broadcast`]
-    /// (ConditionVariable::broadcast) took us off the list. We are back on
+    /// A [`signal`](ConditionVariable::signal) or
+    /// [`broadcast`](ConditionVariable::broadcast) took us off the list. We
+    /// are back on
     /// it already, so a signal that comes while the caller checks its
     /// condition is not missed.
     Signaled,

@@ -4,7 +4,7 @@
 //!
 //! - [`slot`]: one [`ProcSlot`]: identity, state and generation, the
 //!   dead-man switch and critical-section depth, heartbeat, latch;
-//! - [`array`]: the [`ProcArray`] of slots with per-kind ranges, acquire
+//! - [`array`](mod@array): the [`ProcArray`] of slots with per-kind ranges, acquire
 //!   and release, the postmaster's assign/activate/release path, and
 //!   reclaiming the slots of processes that died holding them;
 //! - [`freelist`]: the lock-free free list (a tagged Treiber stack of

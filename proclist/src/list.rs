@@ -16,7 +16,7 @@
 //! Every one of these words is read and written only while the list's lock
 //! is held (the one exception, [`ListLink::is_listed`], is a snapshot for
 //! diagnostics). The lock's Acquire on taking and Release on releasing order
-//! them, so each access is Relaxed ([`get`] and [`put`] say so once).
+//! them, so each access is Relaxed (`get` and `put` say so once).
 //!
 //! A node belongs to at most one list of its "family" at a time, and its
 //! link is used by that family only: a `ProcSlot` waiting on a

@@ -308,7 +308,7 @@ pub struct Layout {
 
 impl Layout {
     /// Starts an empty layout. The header occupies the first
-    /// [`HEADER_SIZE`](crate::HEADER_SIZE) bytes; regions follow it.
+    /// [`HEADER_SIZE`] bytes; regions follow it.
     pub fn builder() -> LayoutBuilder {
         LayoutBuilder {
             regions: Vec::new(),
