@@ -326,12 +326,15 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     free_list.fill();
 
     let ours = || drop(procs.acquire(Kind::Backend).expect("a free slot"));
-    let mutex_cycle = || {
-        let i = mutex_list
+    let mutex_pop = || {
+        mutex_list
             .lock()
             .expect("unpoisoned")
             .pop()
-            .expect("a free slot");
+            .expect("a free slot")
+    };
+    let mutex_cycle = || {
+        let i = mutex_pop();
         mirror[i as usize].take();
         mirror[i as usize].release();
         mutex_list.lock().expect("unpoisoned").push(i);
@@ -343,11 +346,7 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
         free_list.push(i).expect("in range");
     };
     let mutex_bare = || {
-        let i = mutex_list
-            .lock()
-            .expect("unpoisoned")
-            .pop()
-            .expect("a free slot");
+        let i = mutex_pop();
         mutex_list.lock().expect("unpoisoned").push(i);
     };
     // Interleaved rounds, each figure its fastest round: see the module docs.
