@@ -1074,7 +1074,7 @@ impl Drop for SlotGuard<'_> {
 fn push_missed(list: FreeList<'_>, relative: u32) {
     // Contended or corrupt: the slot leaks until the next reset, which a
     // corrupt list gets anyway.
-    if let Ok(hint) = list.push_hinted(relative, 0) {
+    if let Ok(hint) = list.push_unhinted(relative) {
         me::set_hint(hint);
     }
 }

@@ -186,9 +186,8 @@ impl<N: WaitNode> Drop for Holding<'_, N> {
 pub enum CvWake {
     /// A [`signal`](ConditionVariable::signal) or
     /// [`broadcast`](ConditionVariable::broadcast) took us off the list. We
-    /// are back on
-    /// it already, so a signal that comes while the caller checks its
-    /// condition is not missed.
+    /// are back on it already, so a signal that comes while the caller
+    /// checks its condition is not missed.
     Signaled,
     /// Our latch was set for some other reason (it is shared by everything
     /// the process waits for) and has been reset; we are still on the list.

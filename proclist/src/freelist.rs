@@ -394,10 +394,16 @@ impl<'a> FreeList<'a> {
     /// slot's next owner.
     #[inline]
     pub fn push(&self, index: u32) -> Result<(), FreeListError> {
+        self.push_unhinted(index).map(|_| ())
+    }
+
+    /// As [`push`](Self::push), returning the hint for the calling thread's
+    /// next [`pop_hinted`](Self::pop_hinted) on this list.
+    #[inline]
+    pub(crate) fn push_unhinted(&self, index: u32) -> Result<PopHint, FreeListError> {
         self.check_owned(index)?;
         // Relaxed: the CAS validates the value; a stale one just fails.
         self.push_from(index, self.head.load(Ordering::Relaxed))
-            .map(|_| ())
     }
 
     /// As [`push`](Self::push), predicting the head word to be `guess`
@@ -438,9 +444,7 @@ impl<'a> FreeList<'a> {
     #[cold]
     #[inline(never)]
     fn push_missed(&self, index: u32) -> Result<PopHint, FreeListError> {
-        self.check_owned(index)?;
-        // Relaxed: the CAS validates the value; a stale one just fails.
-        self.push_from(index, self.head.load(Ordering::Relaxed))
+        self.push_unhinted(index)
     }
 
     /// The unhinted push of `index` (in range, owned by the caller),
