@@ -59,7 +59,7 @@ use std::fmt;
 use shmem::sync::{AtomicU32, AtomicU64, Ordering};
 use thiserror::Error;
 
-use crate::freelist::{FreeList, FreeListError, Popped};
+use crate::freelist::{FreeList, FreeListError, Place, Popped};
 use crate::slot::{ACTIVE, ASSIGNED, EXITING, FREE, ProcSlot, SlotStatus};
 
 /// The kinds of process that hold slots, each with its own range.
@@ -440,7 +440,13 @@ impl<'a> ProcArray<'a> {
         let start = self.config.start(kind) as usize * stride;
         let end = start + self.config.size(kind) as usize * stride;
         let head = &self.heads[shard as usize * Kind::ALL.len() + kind as usize];
-        FreeList::strided(&head.word, &self.links[start..end], self.stride)
+        // The stride and the sizes were checked by from_parts().
+        FreeList::strided_checked(
+            &head.word,
+            &self.links[start..end],
+            self.stride,
+            self.config.size(kind),
+        )
     }
 
     /// The calling thread's pid, its process's start time and its home
@@ -502,23 +508,35 @@ impl<'a> ProcArray<'a> {
     /// of times like the list's own retries.
     #[inline(always)]
     fn take(&self, kind: Kind, home: u32, list: FreeList<'a>) -> Result<Taken<'a>, ProcArrayError> {
-        if let Popped::Slot { index, head } = list.pop_hinted(me::hint())? {
+        if let Some(Popped::Slot { index, head }) = list.pop_guessed(me::hint()) {
             return self.check_taken(kind, index, head);
         }
         self.take_elsewhere(kind, home)
     }
 
-    /// [`take`](Self::take)'s slow path: the home shard was empty.
+    /// [`take`](Self::take)'s slow path: the hint was wrong, or the home
+    /// shard empty. Out of line, with its arguments in registers: a call
+    /// that took the home list's view by reference would make the inlined
+    /// hot path build that view on the stack.
     #[cold]
+    #[inline(never)]
     fn take_elsewhere(&self, kind: Kind, home: u32) -> Result<Taken<'a>, ProcArrayError> {
         let mut seen = [0u64; MAX_FREE_LIST_SHARDS];
         for _ in 0..crate::freelist::MAX_ATTEMPTS {
             for step in 0..self.shards {
                 let shard = (home + step) & (self.shards - 1);
                 match self.free_list(kind, shard).pop_observed()? {
-                    // No guess for the push: the slot goes back to another
-                    // shard.
-                    Popped::Slot { index, .. } => return self.check_taken(kind, index, 0),
+                    // The slot goes back to the home shard, so the guess
+                    // for that push is what the pop left there, or else
+                    // the empty home head this scan saw first.
+                    Popped::Slot { index, head } => {
+                        let guess = if shard == home {
+                            head
+                        } else {
+                            seen[home as usize]
+                        };
+                        return self.check_taken(kind, index, guess);
+                    }
                     Popped::Empty(word) => seen[shard as usize] = word,
                 }
             }
@@ -537,8 +555,8 @@ impl<'a> ProcArray<'a> {
         Err(FreeListError::Contended.into())
     }
 
-    /// Checks that slot `relative` of `kind`, just popped leaving the head
-    /// word `head`, is free.
+    /// Checks that slot `relative` of `kind`, just popped, is free; `head`
+    /// is the guess for the push that will give it back.
     #[inline(always)]
     fn check_taken(
         &self,
@@ -610,13 +628,12 @@ impl<'a> ProcArray<'a> {
         slot.publish(active);
         Ok(SlotGuard {
             slot,
-            list,
+            place: list.place_taken(relative),
             handle: SlotHandle {
                 index,
                 generation: active.generation,
             },
-            relative,
-            head,
+            guess: head,
         })
     }
 
@@ -947,7 +964,8 @@ struct Taken<'a> {
     /// Its index within the list.
     relative: u32,
     free: SlotStatus,
-    /// The head word the pop left.
+    /// The guess for the push that gives the slot back to the home shard:
+    /// the head word the pop left there (see [`SlotGuard`]).
     head: u64,
 }
 
@@ -966,15 +984,13 @@ struct Me {
 /// small when it is not.
 pub struct SlotGuard<'a> {
     slot: &'a ProcSlot,
-    /// The free list the slot goes back to: its kind's list on the taker's
-    /// home shard.
-    list: FreeList<'a>,
+    /// Where the slot goes back: its place on its kind's free list on the
+    /// taker's home shard.
+    place: Place<'a>,
     handle: SlotHandle,
-    /// The slot's index within `list`.
-    relative: u32,
-    /// The head word the slot's pop left: the release's guess of `list`'s
-    /// head (see the free list's docs on hints).
-    head: u64,
+    /// The head word the slot's pop left: the release's guess of that
+    /// list's head (see the free list's docs on hints).
+    guess: u64,
 }
 
 impl std::fmt::Debug for SlotGuard<'_> {
@@ -1060,9 +1076,9 @@ impl Drop for SlotGuard<'_> {
         slot.latch().hand_over(0);
         slot.reset_critical();
         slot.publish(free);
-        match self.list.push_guessed(self.relative, self.head) {
+        match self.place.push_guessed(self.guess) {
             Some(hint) => me::set_hint(hint),
-            None => push_missed(self.list, self.relative),
+            None => push_missed(self.place),
         }
     }
 }
@@ -1071,10 +1087,9 @@ impl Drop for SlotGuard<'_> {
 /// the hint itself rather than merging it with the hot path's.
 #[cold]
 #[inline(never)]
-fn push_missed(list: FreeList<'_>, relative: u32) {
-    // Contended or corrupt: the slot leaks until the next reset, which a
-    // corrupt list gets anyway.
-    if let Ok(hint) = list.push_unhinted(relative) {
+fn push_missed(place: Place<'_>) {
+    // Contended: the slot leaks until the next reset.
+    if let Ok(hint) = place.push() {
         me::set_hint(hint);
     }
 }
@@ -1214,7 +1229,7 @@ mod tests {
         // A guard gives its slot back to the shard it was taken for.
         let guard = procs.acquire(Kind::Backend).unwrap();
         let home = procs.free_list(Kind::Backend, me.home);
-        assert!(std::ptr::eq(guard.list.head(), home.head()));
+        assert!(std::ptr::eq(guard.place.head(), home.head()));
     }
 }
 

@@ -58,11 +58,22 @@
 //!
 //! A hint is not tied to a list: a foreign hint passes both comparisons
 //! only where it predicts this list's own head and link, which is all the
-//! CAS needs. The fallbacks (a wrong hint, a lost race) are kept out of
-//! line, so that what a caller inlines is the predicted path alone; a
-//! caller that must not merge the fallback's result with the hot one (a
-//! merge LLVM may route through the stack, where a wide reload of narrow
-//! stores stalls on store forwarding) uses [`FreeList::push_guessed`].
+//! CAS needs.
+//!
+//! A push needs no load at all when it can guess the head word (the one
+//! the slot's own pop left, if nobody used the list since): it writes the
+//! guess's top as its link and issues the CAS on the guess, which checks
+//! the guess as it acts (see [`Place::push_guessed`]).
+//!
+//! The fallbacks (a wrong hint or guess, a lost race) are kept out of line,
+//! so that what a caller inlines is the predicted path alone; a caller
+//! that must not merge the fallback's result with the hot one (a merge
+//! LLVM may route through the stack, where a wide reload of narrow stores
+//! stalls on store forwarding) uses [`FreeList::pop_guessed`] and
+//! [`Place::push_guessed`], which make one attempt and say whether it
+//! worked. A [`Place`] is what such a caller keeps between the two: the
+//! slot's link and the list's head, three words where the list view is
+//! five.
 //!
 //! This is R. K. Treiber's stack (IBM RJ 5118, 1986) with the version tag
 //! IBM's System/370 documentation gives for the same problem.
@@ -238,6 +249,26 @@ impl<'a> FreeList<'a> {
         }
     }
 
+    /// As [`strided`](Self::strided), for a caller that has already checked
+    /// that `stride` is positive and that `links` holds `capacity` slots'
+    /// links: the slot array, whose constructor checks its storage, and
+    /// whose hot path should not repeat the checks on every take.
+    #[inline]
+    pub(crate) fn strided_checked(
+        head: &'a AtomicU64,
+        links: &'a [AtomicU32],
+        stride: u32,
+        capacity: u32,
+    ) -> Self {
+        debug_assert!(stride > 0 && links.len() / stride as usize == capacity as usize);
+        Self {
+            head,
+            links,
+            stride,
+            capacity,
+        }
+    }
+
     /// The head word.
     #[inline]
     pub(crate) fn head(&self) -> &'a AtomicU64 {
@@ -304,34 +335,45 @@ impl<'a> FreeList<'a> {
     /// the top's link from `hint` (see the module docs).
     #[inline(always)]
     pub fn pop_hinted(&self, hint: PopHint) -> Result<Popped, FreeListError> {
+        match self.pop_guessed(hint) {
+            Some(popped) => Ok(popped),
+            None => self.pop_missed(),
+        }
+    }
+
+    /// The first attempt of [`pop_hinted`](Self::pop_hinted) alone: the
+    /// slot, if `hint` predicted the head word and the top's link and the
+    /// CAS won; `None` if a prediction was wrong or the CAS lost a race.
+    /// The caller then pops with [`pop_observed`](Self::pop_observed),
+    /// out of line if it likes (see [`Place::push_guessed`] for why it may
+    /// want to).
+    #[inline(always)]
+    pub fn pop_guessed(&self, hint: PopHint) -> Option<Popped> {
         // Acquire: pairs with the release CAS in push() (and store in fill()),
         // so the link of the top slot is the one its pusher wrote.
         let word = self.head.load(Ordering::Acquire);
-        if word == hint.word {
-            let predicted = Head::decode(hint.word);
-            let index = predicted.top.wrapping_sub(1);
-            // The range checks are those pop_from() makes, on the hint's
-            // values, which equal the loaded ones wherever they are used
-            // (`below` is +1 encoded: 0, none, up to the capacity).
-            // Relaxed: ordered after the acquire head load, as in pop_from().
-            if index < self.capacity()
-                && hint.below <= self.capacity()
-                && self.link(index).load(Ordering::Relaxed) == hint.below
-            {
-                return match self.try_pop(predicted, hint.below) {
-                    Ok(popped) => Ok(popped),
-                    Err(seen) => self.pop_missed(seen),
-                };
-            }
+        let predicted = Head::decode(hint.word);
+        let index = predicted.top.wrapping_sub(1);
+        // The range checks are those pop_from() makes, on the hint's values,
+        // which equal the loaded ones wherever they are used (`below` is +1
+        // encoded: 0, none, up to the capacity).
+        // Relaxed: ordered after the acquire head load, as in pop_from().
+        if word == hint.word
+            && index < self.capacity()
+            && hint.below <= self.capacity()
+            && self.link(index).load(Ordering::Relaxed) == hint.below
+        {
+            self.try_pop(predicted, hint.below).ok()
+        } else {
+            None
         }
-        self.pop_missed(word)
     }
 
     /// [`pop_hinted`](Self::pop_hinted) when the hint was wrong.
     #[cold]
     #[inline(never)]
-    fn pop_missed(&self, word: u64) -> Result<Popped, FreeListError> {
-        self.pop_from(word)
+    fn pop_missed(&self) -> Result<Popped, FreeListError> {
+        self.pop_observed()
     }
 
     /// The unhinted pop, starting from the head word `word`, loaded with
@@ -401,9 +443,7 @@ impl<'a> FreeList<'a> {
     /// next [`pop_hinted`](Self::pop_hinted) on this list.
     #[inline]
     pub(crate) fn push_unhinted(&self, index: u32) -> Result<PopHint, FreeListError> {
-        self.check_owned(index)?;
-        // Relaxed: the CAS validates the value; a stale one just fails.
-        self.push_from(index, self.head.load(Ordering::Relaxed))
+        self.place(index)?.push()
     }
 
     /// As [`push`](Self::push), predicting the head word to be `guess`
@@ -412,82 +452,37 @@ impl<'a> FreeList<'a> {
     /// [`pop_hinted`](Self::pop_hinted) on this list.
     #[inline(always)]
     pub fn push_hinted(&self, index: u32, guess: u64) -> Result<PopHint, FreeListError> {
-        match self.push_guessed(index, guess) {
+        let place = self.place(index)?;
+        match place.push_guessed(guess) {
             Some(hint) => Ok(hint),
-            None => self.push_missed(index),
+            None => place.push_missed(),
         }
     }
 
     /// The first attempt of [`push_hinted`](Self::push_hinted) alone: `None`
-    /// if `index` is out of range, the head word is not `guess`, or the CAS
-    /// lost a race. The caller then pushes with [`push_hinted`] or
-    /// [`push`](Self::push), which retry; split out so that a hot caller
-    /// can keep those retries out of line without merging their result
-    /// with this one's through memory.
-    ///
-    /// [`push_hinted`]: Self::push_hinted
+    /// if `index` is out of range or [`Place::push_guessed`] says so.
     #[inline(always)]
     pub fn push_guessed(&self, index: u32, guess: u64) -> Option<PopHint> {
-        // Relaxed: the CAS validates the value; a stale one just fails.
-        let word = self.head.load(Ordering::Relaxed);
-        // Compared with the guess, and the attempt made with the guess's
-        // value: see the module docs on hints.
-        if index < self.capacity() && word == guess {
-            self.try_push(index, Head::decode(guess)).ok()
-        } else {
-            None
-        }
+        self.place(index).ok()?.push_guessed(guess)
     }
 
-    /// [`push_hinted`](Self::push_hinted) when the guess was wrong or its
-    /// attempt lost a race.
-    #[cold]
-    #[inline(never)]
-    fn push_missed(&self, index: u32) -> Result<PopHint, FreeListError> {
-        self.push_unhinted(index)
-    }
-
-    /// The unhinted push of `index` (in range, owned by the caller),
-    /// starting from the head word `seen`.
+    /// Slot `index`'s place on the list: what pushing it needs, worked out
+    /// once, e.g. when the slot is taken, for the push that gives it back.
     #[inline]
-    fn push_from(&self, index: u32, mut seen: u64) -> Result<PopHint, FreeListError> {
-        let mut backoff = Backoff::new();
-        for _ in 0..MAX_ATTEMPTS {
-            match self.try_push(index, Head::decode(seen)) {
-                Ok(hint) => return Ok(hint),
-                Err(found) => {
-                    seen = found;
-                    backoff.spin();
-                }
-            }
-        }
-        Err(FreeListError::Contended)
+    pub fn place(&self, index: u32) -> Result<Place<'a>, FreeListError> {
+        self.check_owned(index)?;
+        Ok(self.place_taken(index))
     }
 
-    /// One attempt to push `index` (in range, owned by the caller) onto
-    /// `current`. On failure, the head word found instead.
+    /// [`place`](Self::place) for a slot this list's pop just returned,
+    /// which is in range.
     #[inline]
-    fn try_push(&self, index: u32, current: Head) -> Result<PopHint, u64> {
-        // Relaxed: we own the slot, nobody else writes its link; the
-        // release CAS below publishes it.
-        self.link(index).store(current.top, Ordering::Relaxed);
-        let next = Head {
-            tag: current.tag.wrapping_add(1),
+    pub(crate) fn place_taken(&self, index: u32) -> Place<'a> {
+        Place {
+            head: self.head,
+            link: self.link(index),
             top: index + 1,
-        };
-        self.head
-            .compare_exchange_weak(
-                current.encode(),
-                next.encode(),
-                // Release: pairs with the acquire head loads of pops.
-                // Relaxed on failure: the value only feeds the retry.
-                Ordering::Release,
-                Ordering::Relaxed,
-            )
-            .map(|_| PopHint {
-                word: next.encode(),
-                below: current.top,
-            })
+        }
     }
 
     /// Checks that `index`, a slot the caller says it owns, is one of ours.
@@ -538,6 +533,99 @@ impl<'a> FreeList<'a> {
             top = self.link(index).load(Ordering::Relaxed);
         }
         Ok(n)
+    }
+}
+
+/// A slot's place on its free list: the list's head word, the slot's link
+/// and the slot's +1-encoded index, checked once by [`FreeList::place`].
+/// A taker that keeps its slot's place for the give-back carries three
+/// words instead of the whole list view, and its push makes no range
+/// check.
+///
+/// The caller must own the slot, as for [`FreeList::push`].
+#[derive(Clone, Copy, Debug)]
+pub struct Place<'a> {
+    head: &'a AtomicU64,
+    link: &'a AtomicU32,
+    /// The slot's index + 1: what the head word holds with it on top.
+    top: u32,
+}
+
+impl<'a> Place<'a> {
+    /// The head word of the slot's list.
+    #[cfg(test)]
+    pub(crate) fn head(&self) -> &'a AtomicU64 {
+        self.head
+    }
+
+    /// Gives the slot back, as [`FreeList::push`] does, returning the hint
+    /// for the calling thread's next [`FreeList::pop_hinted`] on the list.
+    #[inline]
+    pub fn push(&self) -> Result<PopHint, FreeListError> {
+        // Relaxed: the CAS validates the value; a stale one just fails.
+        let mut seen = self.head.load(Ordering::Relaxed);
+        let mut backoff = Backoff::new();
+        for _ in 0..MAX_ATTEMPTS {
+            match self.try_push(Head::decode(seen)) {
+                Ok(hint) => return Ok(hint),
+                Err(found) => {
+                    seen = found;
+                    backoff.spin();
+                }
+            }
+        }
+        Err(FreeListError::Contended)
+    }
+
+    /// One attempt to give the slot back onto the head word `guess`
+    /// (typically the one the slot's own pop left, [`Popped::Slot`]'s
+    /// `head`): the hint for the calling thread's next pop, or `None` if the
+    /// head word is not `guess` or the CAS lost a race. The caller then
+    /// pushes with [`push`](Self::push). Split out so that a hot caller can
+    /// keep that retry out of line without merging its result with this
+    /// one's through memory (LLVM may route such a merge through the stack,
+    /// where a wide reload of narrow stores stalls on store forwarding).
+    ///
+    /// The CAS is issued on the guess without loading the head first: the
+    /// link it writes under the slot is the guess's top, which is right
+    /// exactly when the CAS succeeds, and the slot is still the caller's
+    /// when it fails, so a wrong link is never published.
+    #[inline(always)]
+    pub fn push_guessed(&self, guess: u64) -> Option<PopHint> {
+        self.try_push(Head::decode(guess)).ok()
+    }
+
+    /// [`push_guessed`](Self::push_guessed)'s retry, out of line.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn push_missed(self) -> Result<PopHint, FreeListError> {
+        self.push()
+    }
+
+    /// One attempt to push the slot onto `current`. On failure, the head
+    /// word found instead.
+    #[inline]
+    fn try_push(&self, current: Head) -> Result<PopHint, u64> {
+        // Relaxed: we own the slot, nobody else writes its link; the
+        // release CAS below publishes it.
+        self.link.store(current.top, Ordering::Relaxed);
+        let next = Head {
+            tag: current.tag.wrapping_add(1),
+            top: self.top,
+        };
+        self.head
+            .compare_exchange_weak(
+                current.encode(),
+                next.encode(),
+                // Release: pairs with the acquire head loads of pops.
+                // Relaxed on failure: the value only feeds the retry.
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .map(|_| PopHint {
+                word: next.encode(),
+                below: current.top,
+            })
     }
 }
 
@@ -680,6 +768,36 @@ mod tests {
                 below: 2,
             }
         );
+    }
+
+    /// A guessed push that missed wrote its guess's top as the slot's link;
+    /// the slot was still the caller's, and the push that follows writes
+    /// the right link before publishing it.
+    #[test]
+    fn a_missed_guess_leaves_no_wrong_link_behind() {
+        let (head, links) = list(4);
+        let fl = FreeList::new(&head, &links);
+        fl.fill();
+        let Popped::Slot {
+            index: a,
+            head: left,
+        } = fl.pop_observed().unwrap()
+        else {
+            panic!("a full list popped nothing")
+        };
+        // Someone else pops meanwhile: the guess is now stale.
+        let b = fl.pop().unwrap().unwrap();
+        let place = fl.place(a).unwrap();
+        assert_eq!(place.push_guessed(left), None);
+        assert_eq!(contents(&fl), [2, 3], "a missed guess pushes nothing");
+        place.push().unwrap();
+        assert_eq!(contents(&fl), [a, 2, 3]);
+        fl.push(b).unwrap();
+        assert_eq!(contents(&fl), [b, a, 2, 3]);
+        assert!(matches!(
+            fl.place(4),
+            Err(FreeListError::Corrupt { index: 4, len: 4 })
+        ));
     }
 
     /// A hint whose head word matches again after a wrapped tag, with the

@@ -37,7 +37,7 @@ pub use array::{
     SlotHandle,
 };
 pub use condvar::{ConditionVariable, CvError, CvWait, CvWake, WaitNode};
-pub use freelist::{FreeList, FreeListError, PopHint, Popped};
+pub use freelist::{FreeList, FreeListError, Place, PopHint, Popped};
 pub use list::{ListError, ListField, ListHead, ListLink, ListNode, LockedList, ProcList};
 pub use lock::{LockError, LockGuard, ShmLock};
 pub use slot::{ProcSlot, SlotStatus};
