@@ -555,14 +555,14 @@ impl<'a> ProcArray<'a> {
         Err(FreeListError::Contended.into())
     }
 
-    /// Checks that slot `relative` of `kind`, just popped, is free; `head`
+    /// Checks that slot `relative` of `kind`, just popped, is free; `guess`
     /// is the guess for the push that will give it back.
     #[inline(always)]
     fn check_taken(
         &self,
         kind: Kind,
         relative: u32,
-        head: u64,
+        guess: u64,
     ) -> Result<Taken<'a>, ProcArrayError> {
         let index = self.config.start(kind) + relative;
         let slot = &self.slots[index as usize];
@@ -576,7 +576,7 @@ impl<'a> ProcArray<'a> {
             index,
             relative,
             free: status,
-            head,
+            guess,
         })
     }
 
@@ -617,7 +617,7 @@ impl<'a> ProcArray<'a> {
             index,
             relative,
             free,
-            head,
+            guess,
         } = self.take(kind, me.home, list)?;
         slot.set_identity(me.pid, me.start_time, kind as u32, owner_tag);
         slot.latch().hand_over(me.pid);
@@ -633,7 +633,7 @@ impl<'a> ProcArray<'a> {
                 index,
                 generation: active.generation,
             },
-            guess: head,
+            guess,
         })
     }
 
@@ -966,7 +966,7 @@ struct Taken<'a> {
     free: SlotStatus,
     /// The guess for the push that gives the slot back to the home shard:
     /// the head word the pop left there (see [`SlotGuard`]).
-    head: u64,
+    guess: u64,
 }
 
 /// The calling thread as the hot path needs it; see [`me`].

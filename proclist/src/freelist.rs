@@ -436,14 +436,7 @@ impl<'a> FreeList<'a> {
     /// slot's next owner.
     #[inline]
     pub fn push(&self, index: u32) -> Result<(), FreeListError> {
-        self.push_unhinted(index).map(|_| ())
-    }
-
-    /// As [`push`](Self::push), returning the hint for the calling thread's
-    /// next [`pop_hinted`](Self::pop_hinted) on this list.
-    #[inline]
-    pub(crate) fn push_unhinted(&self, index: u32) -> Result<PopHint, FreeListError> {
-        self.place(index)?.push()
+        self.place(index)?.push().map(|_| ())
     }
 
     /// As [`push`](Self::push), predicting the head word to be `guess`
@@ -457,13 +450,6 @@ impl<'a> FreeList<'a> {
             Some(hint) => Ok(hint),
             None => place.push_missed(),
         }
-    }
-
-    /// The first attempt of [`push_hinted`](Self::push_hinted) alone: `None`
-    /// if `index` is out of range or [`Place::push_guessed`] says so.
-    #[inline(always)]
-    pub fn push_guessed(&self, index: u32, guess: u64) -> Option<PopHint> {
-        self.place(index).ok()?.push_guessed(guess)
     }
 
     /// Slot `index`'s place on the list: what pushing it needs, worked out
@@ -598,7 +584,7 @@ impl<'a> Place<'a> {
     /// [`push_guessed`](Self::push_guessed)'s retry, out of line.
     #[cold]
     #[inline(never)]
-    pub(crate) fn push_missed(self) -> Result<PopHint, FreeListError> {
+    fn push_missed(self) -> Result<PopHint, FreeListError> {
         self.push()
     }
 
@@ -746,8 +732,8 @@ mod tests {
         assert_eq!(contents(&fl), [1, 2]);
     }
 
-    /// A guessed push does nothing unless the guess is the head word and
-    /// the index is in range; with both, it pushes like a plain push.
+    /// A guessed push does nothing unless the guess is the head word; with
+    /// it, it pushes like a plain push.
     #[test]
     fn a_guessed_push_acts_only_on_a_right_guess() {
         let (head, links) = list(3);
@@ -756,10 +742,10 @@ mod tests {
         let Popped::Slot { index, head: left } = fl.pop_observed().unwrap() else {
             panic!("a full list popped nothing")
         };
-        assert_eq!(fl.push_guessed(index, left ^ 1), None, "wrong guess");
-        assert_eq!(fl.push_guessed(3, left), None, "out of range");
-        assert_eq!(contents(&fl), [1, 2], "neither pushed");
-        let hint = fl.push_guessed(index, left).expect("right guess");
+        let place = fl.place(index).unwrap();
+        assert_eq!(place.push_guessed(left ^ 1), None, "wrong guess");
+        assert_eq!(contents(&fl), [1, 2], "not pushed");
+        let hint = place.push_guessed(left).expect("right guess");
         assert_eq!(contents(&fl), [0, 1, 2]);
         assert_eq!(
             hint,
