@@ -924,7 +924,7 @@ fn leaks(view: &View<'_>, pids: &[u32; ROLES.len()]) -> Option<String> {
     let mut workers = Vec::new();
     let mut backends = Vec::new();
     for (index, slot) in view.shared.procs.iter() {
-        if slot.status().state == proclist::slot::FREE {
+        if slot.status().is_free() {
             continue;
         }
         match config.kind_of(index) {

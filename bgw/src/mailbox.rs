@@ -1949,6 +1949,21 @@ mod tests {
         assert!(procs.peer(2).is_none());
         let at = Address::from(guard.handle());
         drop(guard);
+        // Released: parked, which bumps the generation, so the address
+        // names a tenancy that is gone.
+        assert_eq!(
+            check_peer(&procs, at).map(|_| ()),
+            Err(MailError::Stale {
+                to: at,
+                generation: at.generation + 1
+            })
+        );
+        // Released through a view that does not park: free, same
+        // generation, not running.
+        let procs = procs.without_parking();
+        let guard = procs.acquire(proclist::Kind::Backend).unwrap();
+        let at = Address::from(guard.handle());
+        drop(guard);
         assert!(matches!(
             check_peer(&procs, at),
             Err(MailError::NotRunning { .. })

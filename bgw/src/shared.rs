@@ -301,7 +301,7 @@ impl<'a> Shared<'a> {
         let start = config.start(Kind::Worker);
         (start..start + config.size(Kind::Worker))
             .filter_map(|i| self.procs.get(i))
-            .filter(|s| s.status().state != proclist::slot::FREE)
+            .filter(|s| !s.status().is_free())
             .count()
     }
 }

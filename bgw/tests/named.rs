@@ -349,7 +349,7 @@ fn backend_death(h: &Harness) {
         let config = shared.procs.config();
         let start = config.start(proclist::Kind::Backend);
         (start..start + config.size(proclist::Kind::Backend))
-            .filter(|&i| shared.procs.get(i).expect("slot").status().state != proclist::slot::FREE)
+            .filter(|&i| !shared.procs.get(i).expect("slot").status().is_free())
             .count()
     };
     // The postmaster holds one for its control inbox.

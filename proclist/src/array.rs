@@ -29,6 +29,36 @@
 //! the first list, lowest index on top. Each slot's link sits on a cache
 //! line of its own ([`LINK_STRIDE`]).
 //!
+//! # Parking
+//!
+//! A thread that releases a slot usually takes one again soon, and a
+//! free-list round trip costs two CASes on the list head. So a released
+//! slot is not pushed but *parked*: its status becomes [`PARKED`] (with the
+//! generation bumped) and the releasing thread remembers it. Its next
+//! acquire of that kind takes the slot back with one CAS on the slot's own
+//! status word, `PARKED -> FREE`, and touches no list. Each thread parks at
+//! most one slot; a release while it has one parked pushes as before.
+//!
+//! A parked slot is free, not reserved: whoever finds every list of the
+//! kind empty scans the kind's slots and takes a parked one with the same
+//! CAS, so the keeper's claim and a stranger's race fairly and one wins.
+//! A thread that exits, or dies, with a slot parked leaves it for such a
+//! scan; nothing leaks. The thread's memory of its parked slot is only a
+//! guess, checked by that CAS: a stale one (the slot was taken, the segment
+//! reset, or another array is in use) fails it and costs nothing else.
+//!
+//! `NoFreeSlot` stays exact. The exhaustion check reads every list head,
+//! then every slot's status (taking a parked slot if it finds one), then
+//! the statuses again and the heads again. If every head word is unchanged
+//! no list changed, and if the sum of the slots' generations is unchanged
+//! no slot was parked (parking bumps the generation, and generations never
+//! go down while the segment lives): so at a moment between the two status
+//! scans, every list was empty and no slot was parked, and every slot was
+//! taken.
+//!
+//! Views made [`without_parking`](ProcArray::without_parking) push every
+//! release, for callers that want slots to go back to the lists.
+//!
 //! Every state change by someone who does not hold the slot alone is a CAS
 //! on the slot's `(generation, state)` word (see [`crate::slot`]), so a
 //! handle or a reclaimer that is one tenancy late changes nothing. Only the
@@ -60,7 +90,7 @@ use shmem::sync::{AtomicU32, AtomicU64, Ordering};
 use thiserror::Error;
 
 use crate::freelist::{FreeList, FreeListError, Place, Popped};
-use crate::slot::{ACTIVE, ASSIGNED, EXITING, FREE, ProcSlot, SlotStatus};
+use crate::slot::{ACTIVE, ASSIGNED, EXITING, FREE, PARKED, ProcSlot, SlotStatus};
 
 /// The kinds of process that hold slots, each with its own range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -280,6 +310,8 @@ pub struct ProcArray<'a> {
     shards: u32,
     /// 1, or [`LINK_STRIDE`].
     stride: u32,
+    /// Whether releases through this view park (see the module docs).
+    parking: bool,
 }
 
 impl fmt::Debug for ProcArray<'_> {
@@ -408,7 +440,18 @@ impl<'a> ProcArray<'a> {
             config,
             shards: shards as u32,
             stride,
+            parking: true,
         })
+    }
+
+    /// This view, with releases that always push the slot back on a free
+    /// list instead of parking it (see the module docs). Acquires still
+    /// take slots that other views parked.
+    pub fn without_parking(self) -> Self {
+        Self {
+            parking: false,
+            ..self
+        }
     }
 
     /// Puts every slot on its kind's first shard (lowest index on top) and
@@ -490,7 +533,7 @@ impl<'a> ProcArray<'a> {
             return None;
         }
         self.iter()
-            .find(|(_, s)| s.status().state != FREE && s.pid() == pid)
+            .find(|(_, s)| !s.status().is_free() && s.pid() == pid)
     }
 
     /// Pops a slot of `kind`, from the caller's home shard if it has one,
@@ -540,11 +583,19 @@ impl<'a> ProcArray<'a> {
                     Popped::Empty(word) => seen[shard as usize] = word,
                 }
             }
+            // Every list was empty: a parked slot, then, or proof that none
+            // was parked (see the module docs).
+            let generations = match self.take_parked_anywhere(kind, seen[home as usize]) {
+                Ok(taken) => return Ok(taken),
+                Err(generations) => generations,
+            };
             // Acquire: as in pop_observed(); program order keeps these loads
-            // after the first scan's acquire loads.
-            let unchanged = (0..self.shards).all(|shard| {
-                self.free_list(kind, shard).head().load(Ordering::Acquire) == seen[shard as usize]
-            });
+            // after the first scans' acquire loads.
+            let unchanged = self.generations(kind) == generations
+                && (0..self.shards).all(|shard| {
+                    self.free_list(kind, shard).head().load(Ordering::Acquire)
+                        == seen[shard as usize]
+                });
             if unchanged {
                 return Err(ProcArrayError::NoFreeSlot {
                     kind,
@@ -553,6 +604,78 @@ impl<'a> ProcArray<'a> {
             }
         }
         Err(FreeListError::Contended.into())
+    }
+
+    /// Takes the slot this thread parked, if it is of `kind` and still
+    /// parked. An entry of another kind stays for a later acquire of that
+    /// kind; one that fails the claim is stale and forgotten.
+    #[inline(always)]
+    fn take_parked(&self, kind: Kind) -> Option<Taken<'a>> {
+        if !self.parking {
+            return None;
+        }
+        let parked = me::parked();
+        // Parked::NONE's index is in no range.
+        let relative = parked.index.wrapping_sub(self.config.start(kind));
+        if relative >= self.config.size(kind) {
+            return None;
+        }
+        let slot = self.slots.get(parked.index as usize)?;
+        let status = SlotStatus::decode(parked.status);
+        if !slot.claim_parked(status) {
+            me::set_parked(Parked::NONE);
+            return None;
+        }
+        // The entry stays until the release parks the slot over it.
+        Some(Taken {
+            slot,
+            index: parked.index,
+            relative,
+            free: SlotStatus {
+                state: FREE,
+                ..status
+            },
+            // A parked slot is parked again on release, unless the thread
+            // parks another by then; a guess of 0 then costs one failed CAS.
+            guess: 0,
+        })
+    }
+
+    /// Scans `kind`'s slots and takes the first parked one it wins, with
+    /// `guess` for the push that may give it back. If it wins none: the sum
+    /// of the generations it saw, for the exhaustion check.
+    #[cold]
+    fn take_parked_anywhere(&self, kind: Kind, guess: u64) -> Result<Taken<'a>, u64> {
+        let start = self.config.start(kind);
+        let mut generations = 0u64;
+        for relative in 0..self.config.size(kind) {
+            let index = start + relative;
+            let slot = &self.slots[index as usize];
+            let status = slot.status();
+            if status.state == PARKED && slot.claim_parked(status) {
+                return Ok(Taken {
+                    slot,
+                    index,
+                    relative,
+                    free: SlotStatus {
+                        state: FREE,
+                        ..status
+                    },
+                    guess,
+                });
+            }
+            generations += u64::from(status.generation);
+        }
+        Err(generations)
+    }
+
+    /// The sum of the generations of `kind`'s slots.
+    fn generations(&self, kind: Kind) -> u64 {
+        let start = self.config.start(kind) as usize;
+        self.slots[start..start + self.config.size(kind) as usize]
+            .iter()
+            .map(|slot| u64::from(slot.status().generation))
+            .sum()
     }
 
     /// Checks that slot `relative` of `kind`, just popped, is free; `guess`
@@ -589,16 +712,16 @@ impl<'a> ProcArray<'a> {
 
     /// As [`acquire`](Self::acquire), recording an opaque `owner_tag`.
     ///
-    /// Hot path: one CAS (the pop, on the caller's own shard) and plain
-    /// stores, no system call: the pid, its start time and the home shard
-    /// come from a per-thread cache that a forked child refills (it has
-    /// another pid). Winning the pop makes the slot ours alone (nobody else
-    /// acts on a FREE slot: reclaimers only touch ACTIVE or EXITING ones),
-    /// so the identity, the latch owner and the ACTIVE status are published
-    /// by one release store. The pop is predicted from what this thread's
-    /// last release left on the list, and the guard keeps what the pop left
-    /// for its own release, so that in a take-and-give-back loop no CAS
-    /// waits on a load (see the free list's docs on hints).
+    /// Hot path: one CAS (claiming the slot this thread parked, or else the
+    /// pop on the caller's own shard) and plain stores, no system call: the
+    /// pid, its start time and the home shard come from a per-thread cache
+    /// that a forked child refills (it has another pid). Winning the claim
+    /// or the pop makes the slot ours alone (nobody else acts on a FREE
+    /// slot: reclaimers only touch ACTIVE or EXITING ones), so the
+    /// identity, the latch owner and the ACTIVE status are published by one
+    /// release store. A pop is predicted from what this thread's last push
+    /// left on the list, and the guard keeps what the pop left for a push
+    /// on release (see the free list's docs on hints).
     ///
     /// Always inlined, so that the guard is built in the caller's registers:
     /// returned through memory, it costs a store-forwarding stall (the
@@ -612,13 +735,17 @@ impl<'a> ProcArray<'a> {
     ) -> Result<SlotGuard<'a>, ProcArrayError> {
         let me = self.me();
         let list = self.free_list(kind, me.home);
+        let taken = match self.take_parked(kind) {
+            Some(taken) => taken,
+            None => self.take(kind, me.home, list)?,
+        };
         let Taken {
             slot,
             index,
             relative,
             free,
             guess,
-        } = self.take(kind, me.home, list)?;
+        } = taken;
         slot.set_identity(me.pid, me.start_time, kind as u32, owner_tag);
         slot.latch().hand_over(me.pid);
         let active = SlotStatus {
@@ -634,6 +761,7 @@ impl<'a> ProcArray<'a> {
                 generation: active.generation,
             },
             guess,
+            parking: self.parking,
         })
     }
 
@@ -826,16 +954,24 @@ impl<'a> ProcArray<'a> {
         })
     }
 
-    /// Counts free slots of `kind` by walking its list. Only meaningful
-    /// while no process takes or releases slots of that kind.
+    /// Counts free slots of `kind`: those on its lists and those parked.
+    /// Only meaningful while no process takes or releases slots of that
+    /// kind.
     pub fn count_free_quiescent(&self, kind: Kind) -> Result<u32, ProcArrayError> {
         let mut free = 0u32;
         for shard in 0..self.shards {
             free = free.saturating_add(self.free_list(kind, shard).count_quiescent()?);
         }
+        let start = self.config.start(kind) as usize;
+        let parked = self.slots[start..start + self.config.size(kind) as usize]
+            .iter()
+            .filter(|slot| slot.status().state == PARKED)
+            .count();
+        free = free.saturating_add(parked as u32);
         if free > self.config.size(kind) {
             return Err(ProcArrayError::Corrupt(format!(
-                "the {kind} free lists hold {free} entries for {} slots",
+                "the {kind} free lists hold {} entries and {parked} slots are parked, of {}",
+                free - parked as u32,
                 self.config.size(kind)
             )));
         }
@@ -868,6 +1004,7 @@ mod me {
 
     use shmem::sync::{AtomicU32, Ordering};
 
+    use super::Parked;
     use crate::freelist::PopHint;
 
     #[derive(Clone, Copy)]
@@ -896,6 +1033,20 @@ mod me {
 
     thread_local! {
         static HINT: Cell<PopHint> = const { Cell::new(PopHint::NONE) };
+        static PARKED: Cell<Parked> = const { Cell::new(Parked::NONE) };
+    }
+
+    /// The slot this thread parked last, if it has not taken it back. Not
+    /// keyed by pid or array: the claim's CAS checks it (see the array's
+    /// docs on parking).
+    #[inline]
+    pub(super) fn parked() -> Parked {
+        PARKED.with(Cell::get)
+    }
+
+    #[inline]
+    pub(super) fn set_parked(parked: Parked) {
+        PARKED.with(|cell| cell.set(parked));
     }
 
     /// What this thread's last release left on its free list, for its next
@@ -930,6 +1081,7 @@ mod me {
 /// slots between shards by hand to exercise the scan).
 #[cfg(loom)]
 mod me {
+    use super::Parked;
     use shmem::sync::AtomicU32;
 
     pub(super) fn lookup(_tickets: &AtomicU32) -> (u32, u64, u32) {
@@ -943,6 +1095,20 @@ mod me {
     }
 
     pub(super) fn set_hint(_hint: crate::freelist::PopHint) {}
+
+    loom::thread_local! {
+        static PARKED: std::cell::Cell<Parked> = std::cell::Cell::new(Parked::NONE);
+    }
+
+    /// Modelled per thread, as outside loom: parking is a protocol the
+    /// array's models check.
+    pub(super) fn parked() -> Parked {
+        PARKED.with(std::cell::Cell::get)
+    }
+
+    pub(super) fn set_parked(parked: Parked) {
+        PARKED.with(|cell| cell.set(parked));
+    }
 }
 
 fn stale(handle: SlotHandle, found: SlotStatus) -> ProcArrayError {
@@ -955,6 +1121,22 @@ fn stale_at(index: u32, generation: u32, found: SlotStatus) -> ProcArrayError {
         generation,
         found: format!("generation {} {}", found.generation, found.state_name()),
     }
+}
+
+/// The slot a thread parked: its index and the status word it parked it
+/// with, encoded, so that the claim's CAS takes it as loaded.
+#[derive(Clone, Copy)]
+struct Parked {
+    index: u32,
+    status: u64,
+}
+
+impl Parked {
+    /// Nothing parked: an index in no kind's range.
+    const NONE: Self = Self {
+        index: u32::MAX,
+        status: 0,
+    };
 }
 
 /// A slot popped from a free list and found free.
@@ -991,6 +1173,8 @@ pub struct SlotGuard<'a> {
     /// The head word the slot's pop left: the release's guess of that
     /// list's head (see the free list's docs on hints).
     guess: u64,
+    /// Whether the release may park the slot (see the module docs).
+    parking: bool,
 }
 
 impl std::fmt::Debug for SlotGuard<'_> {
@@ -1041,11 +1225,13 @@ impl std::ops::Deref for SlotGuard<'_> {
 }
 
 impl Drop for SlotGuard<'_> {
-    /// The owner's release, the other half of the hot path: a check, one
-    /// release store to FREE and the push (one CAS) onto the taker's home
-    /// shard, whose hint is kept for this thread's next acquire. The
-    /// identity fields are left as they were; every reader looks
-    /// at the state first, and a FREE slot's identity means nothing.
+    /// The owner's release, the other half of the hot path: a check and
+    /// one release store to PARKED, which no other thread writes over
+    /// without a CAS (see the module docs). If this thread has a slot
+    /// parked already: a release store to FREE and the push (one CAS) onto
+    /// the taker's home shard, whose hint is kept for this thread's next
+    /// pop. The identity fields are left as they were; every reader looks
+    /// at the state first, and a free slot's identity means nothing.
     ///
     /// A store, not a CAS, because nobody else writes the status of a live
     /// owner's ACTIVE slot: reclaimers act only on owners found dead by pid
@@ -1075,12 +1261,32 @@ impl Drop for SlotGuard<'_> {
         }
         slot.latch().hand_over(0);
         slot.reset_critical();
+        if self.parking && may_park(handle.index) {
+            let parked = SlotStatus {
+                generation: handle.generation.wrapping_add(1),
+                state: PARKED,
+            };
+            slot.publish(parked);
+            me::set_parked(Parked {
+                index: handle.index,
+                status: parked.encode(),
+            });
+            return;
+        }
         slot.publish(free);
         match self.place.push_guessed(self.guess) {
             Some(hint) => me::set_hint(hint),
             None => push_missed(self.place),
         }
     }
+}
+
+/// Whether this thread may park slot `index` on release: it has no slot
+/// parked, or the entry is this slot's own, left from taking it back.
+#[inline]
+fn may_park(index: u32) -> bool {
+    let kept = me::parked().index;
+    kept == Parked::NONE.index || kept == index
 }
 
 /// A release's push when its guess was wrong: out of line, and keeping
@@ -1207,6 +1413,103 @@ mod tests {
     }
 
     #[test]
+    fn a_released_slot_is_parked_and_its_thread_takes_it_back() {
+        let s = Storage::new(CONFIG, 1);
+        let procs = s.procs();
+        let guard = procs.acquire(Kind::Backend).unwrap();
+        let (index, generation) = (guard.index(), guard.handle().generation);
+        drop(guard);
+        let slot = procs.get(index).unwrap();
+        assert_eq!(
+            slot.status(),
+            SlotStatus {
+                generation: generation + 1,
+                state: PARKED
+            }
+        );
+        assert!(slot.status().is_free());
+        assert!(procs.find_pid(std::process::id()).is_none());
+        // Parked, not listed, and still counted free.
+        assert_eq!(procs.free_list(Kind::Backend, 0).count_quiescent(), Ok(2));
+        assert_eq!(procs.count_free_quiescent(Kind::Backend), Ok(3));
+        let again = procs.acquire(Kind::Backend).unwrap();
+        assert_eq!(again.index(), index);
+        assert_eq!(again.handle().generation, generation + 2);
+        assert_eq!(procs.free_list(Kind::Backend, 0).count_quiescent(), Ok(2));
+        // A second release while one slot is parked goes to the list.
+        let other = procs.acquire(Kind::Backend).unwrap();
+        let other_index = other.index();
+        drop(again);
+        drop(other);
+        assert_eq!(procs.get(other_index).unwrap().status().state, FREE);
+        assert_eq!(procs.free_list(Kind::Backend, 0).count_quiescent(), Ok(2));
+    }
+
+    #[test]
+    fn a_view_without_parking_pushes_every_release() {
+        let s = Storage::new(CONFIG, 1);
+        let procs = s.procs().without_parking();
+        let guard = procs.acquire(Kind::Backend).unwrap();
+        let index = guard.index();
+        drop(guard);
+        assert_eq!(procs.get(index).unwrap().status().state, FREE);
+        assert_eq!(procs.free_list(Kind::Backend, 0).count_quiescent(), Ok(3));
+    }
+
+    #[test]
+    fn a_slot_parked_by_another_thread_is_taken_when_the_lists_are_empty() {
+        let s = Storage::new(CONFIG, 2);
+        let parked = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let guard = s.procs().acquire(Kind::Backend).unwrap();
+                    guard.index()
+                })
+                .join()
+                .unwrap()
+        });
+        let procs = s.procs();
+        assert_eq!(procs.get(parked).unwrap().status().state, PARKED);
+        // Three slots, one parked by a thread that has ended: all three can
+        // be had, and then none.
+        let held: Vec<_> = (0..3)
+            .map(|_| procs.acquire(Kind::Backend).unwrap())
+            .collect();
+        assert!(held.iter().any(|g| g.index() == parked));
+        assert_eq!(
+            procs.acquire(Kind::Backend).unwrap_err(),
+            ProcArrayError::NoFreeSlot {
+                kind: Kind::Backend,
+                size: 3
+            }
+        );
+        drop(held);
+        assert_eq!(procs.count_free_quiescent(Kind::Backend), Ok(3));
+    }
+
+    #[test]
+    fn a_parked_slot_of_another_array_is_left_for_that_array() {
+        let (a, b) = (Storage::new(CONFIG, 1), Storage::new(CONFIG, 1));
+        let index = {
+            let guard = a.procs().acquire(Kind::Backend).unwrap();
+            guard.index()
+        };
+        // This thread's parked entry names a slot of `a`; `b`'s same slot
+        // is listed, not parked, so the claim fails and `b` pops instead.
+        let in_b = b.procs().acquire(Kind::Backend).unwrap();
+        assert_eq!(in_b.status().state, ACTIVE);
+        assert_eq!(a.procs().get(index).unwrap().status().state, PARKED);
+        assert_eq!(a.procs().count_free_quiescent(Kind::Backend), Ok(3));
+        drop(in_b);
+        assert_eq!(b.procs().count_free_quiescent(Kind::Backend), Ok(3));
+        // `a`'s parked slot can still be had there, by anyone.
+        let all: Vec<_> = (0..3)
+            .map(|_| a.procs().acquire(Kind::Backend).unwrap())
+            .collect();
+        assert!(all.iter().any(|g| g.index() == index));
+    }
+
+    #[test]
     fn a_slot_listed_on_two_shards_is_reported() {
         let s = Storage::new(CONFIG, 2);
         let procs = s.procs();
@@ -1248,6 +1551,140 @@ mod loom_tests {
         backends: 2,
     };
 
+    /// Counts the holders of each slot; a second holder fails the model.
+    struct Holders(Vec<AtomicU32>);
+
+    impl Holders {
+        fn new(n: usize) -> Self {
+            Self((0..n).map(|_| AtomicU32::new(0)).collect())
+        }
+
+        fn hold<'a>(&self, guard: SlotGuard<'a>) -> Held<'_, 'a> {
+            assert_eq!(guard.status().state, ACTIVE);
+            // SeqCst: the model's own bookkeeping, not the protocol's.
+            let before = self.0[guard.index() as usize].fetch_add(1, Ordering::SeqCst);
+            assert_eq!(before, 0, "slot {} handed to two holders", guard.index());
+            Held {
+                holders: self,
+                guard: Some(guard),
+            }
+        }
+    }
+
+    /// The guard, or `None` for `NoFreeSlot`; any other error fails.
+    fn taken_or_exhausted(
+        acquired: Result<SlotGuard<'_>, ProcArrayError>,
+    ) -> Option<SlotGuard<'_>> {
+        match acquired {
+            Ok(guard) => Some(guard),
+            Err(ProcArrayError::NoFreeSlot { .. }) => None,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A guard counted in [`Holders`]; uncounted before it releases.
+    struct Held<'h, 'a> {
+        holders: &'h Holders,
+        guard: Option<SlotGuard<'a>>,
+    }
+
+    impl Drop for Held<'_, '_> {
+        fn drop(&mut self) {
+            let guard = self.guard.take().expect("dropped once");
+            // SeqCst: as in hold().
+            self.holders.0[guard.index() as usize].fetch_sub(1, Ordering::SeqCst);
+            drop(guard);
+        }
+    }
+
+    /// Two slots, one list. A takes a slot (unless B holds both) and
+    /// releases it, which parks it with A, and then ends. B takes two
+    /// slots: its second acquire may find the list empty, and must then
+    /// find A's parked slot by the scan, unless A had not released it yet
+    /// when the acquire began. Nobody ever shares
+    /// a slot, and at the end both are free (one parked, or both).
+    #[test]
+    fn loom_parked_slots_are_found_by_others_and_never_shared() {
+        loom::model(|| {
+            let storage = Arc::new(Storage::new(CONFIG, 1));
+            let holders = Arc::new(Holders::new(2));
+            let released = Arc::new(AtomicU32::new(0));
+            let a = {
+                let (storage, holders, released) =
+                    (storage.clone(), holders.clone(), released.clone());
+                thread::spawn(move || {
+                    let procs = storage.procs();
+                    // B may have taken both first.
+                    if let Some(guard) = taken_or_exhausted(procs.acquire(Kind::Backend)) {
+                        drop(holders.hold(guard));
+                    }
+                    // SeqCst: orders the release before B's check below.
+                    released.store(1, Ordering::SeqCst);
+                })
+            };
+            let b = {
+                let (storage, holders, released) =
+                    (storage.clone(), holders.clone(), released.clone());
+                thread::spawn(move || {
+                    let procs = storage.procs();
+                    let first = holders.hold(procs.acquire(Kind::Backend).expect("one is free"));
+                    // SeqCst: see A's store.
+                    let a_was_done = released.load(Ordering::SeqCst) == 1;
+                    match procs.acquire(Kind::Backend) {
+                        Ok(second) => drop(holders.hold(second)),
+                        Err(e) => {
+                            assert!(matches!(e, ProcArrayError::NoFreeSlot { .. }), "{e}");
+                            assert!(!a_was_done, "A's parked slot was not found");
+                        }
+                    }
+                    drop(first);
+                })
+            };
+            a.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(storage.procs().count_free_quiescent(Kind::Backend), Ok(2));
+        });
+    }
+
+    /// One slot. A takes it, parks it and claims it back while B tries to
+    /// take it (a stranger's claim of the parked slot). One of them wins
+    /// each time, the other reports `NoFreeSlot`, and the slot is free at
+    /// the end.
+    #[test]
+    fn loom_a_parked_slot_goes_to_one_claimant() {
+        const ONE: ProcArrayConfig = ProcArrayConfig {
+            workers: 0,
+            backends: 1,
+        };
+        loom::model(|| {
+            let storage = Arc::new(Storage::new(ONE, 1));
+            let holders = Arc::new(Holders::new(1));
+            let a = {
+                let (storage, holders) = (storage.clone(), holders.clone());
+                thread::spawn(move || {
+                    let procs = storage.procs();
+                    for _ in 0..2 {
+                        if let Some(guard) = taken_or_exhausted(procs.acquire(Kind::Backend)) {
+                            drop(holders.hold(guard));
+                        }
+                    }
+                })
+            };
+            let b = {
+                let (storage, holders) = (storage.clone(), holders.clone());
+                thread::spawn(move || {
+                    let procs = storage.procs();
+                    if let Some(guard) = taken_or_exhausted(procs.acquire(Kind::Backend)) {
+                        drop(holders.hold(guard));
+                    }
+                })
+            };
+            a.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(storage.procs().count_free_quiescent(Kind::Backend), Ok(1));
+        });
+    }
+
     /// Two slots, two shards, two threads that each hold at most one slot
     /// at a time: every acquire must succeed. One slot starts on each shard;
     /// every thread's home is shard 0 under loom, so each release moves a
@@ -1262,7 +1699,8 @@ mod loom_tests {
                 .map(|_| {
                     let storage = storage.clone();
                     thread::spawn(move || {
-                        let procs = storage.procs();
+                        // Parking would keep each slot with its thread.
+                        let procs = storage.procs().without_parking();
                         for _ in 0..2 {
                             let guard = procs
                                 .acquire(Kind::Backend)

@@ -5,7 +5,8 @@
 //! - [`slot`]: one [`ProcSlot`]: identity, state and generation, the
 //!   dead-man switch and critical-section depth, heartbeat, latch;
 //! - [`array`](mod@array): the [`ProcArray`] of slots with per-kind ranges, acquire
-//!   and release, the postmaster's assign/activate/release path, and
+//!   and release (a released slot parks with its thread for its next
+//!   acquire), the postmaster's assign/activate/release path, and
 //!   reclaiming the slots of processes that died holding them;
 //! - [`freelist`]: the lock-free free list (a tagged Treiber stack of
 //!   indices) that hands slots out;
@@ -17,7 +18,8 @@
 //!
 //! Known limit: a process killed in the few instructions between marking a
 //! slot free and pushing it on the free list (or between popping it and
-//! marking it taken) leaks that slot until the next segment reset. And a
+//! marking it taken, or between claiming a parked slot and marking it
+//! taken) leaks that slot until the next segment reset. And a
 //! self-attached process that gives its slot back while the postmaster
 //! resets the segment under it can, in an equally short window, push the
 //! slot onto a free list that the reset has just refilled. The slot is then

@@ -16,8 +16,9 @@
 //! | `link`       | whoever holds the list's lock        | the same                    |
 //!
 //! `status` packs the slot's state with a generation that every acquisition
-//! bumps (decoded through [`SlotStatus`]). Every transition is a CAS on the
-//! pair, so an actor that read `(g, ACTIVE)` cannot act on a slot that has
+//! and every parking bumps (decoded through [`SlotStatus`]), so that while
+//! the segment lives a slot's generation only goes up. Every transition by
+//! someone who may not hold the slot alone is a CAS on the pair, so an actor that read `(g, ACTIVE)` cannot act on a slot that has
 //! since been freed and taken again as `(g + 1, ACTIVE)`: the handle
 //! `(index, generation)` names one tenancy of a slot, never the next.
 //!
@@ -47,14 +48,19 @@ pub const ASSIGNED: u32 = 1;
 pub const ACTIVE: u32 = 2;
 /// `state`: the owner finished its cleanup and is giving the slot back.
 pub const EXITING: u32 = 3;
+/// `state`: free, and set aside by the thread that last released it for
+/// its next acquire, off the free lists. Anyone may take it: the keeper and
+/// a taker who found the free lists empty race for it with one CAS (see
+/// [`crate::array`]'s docs on parking).
+pub const PARKED: u32 = 4;
 
 /// The decoded `status` word of a slot: generation and state, changed
 /// together by one CAS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotStatus {
-    /// Bumped each time the slot is taken; part of every handle.
+    /// Bumped each time the slot is taken or parked; part of every handle.
     pub generation: u32,
-    /// One of [`FREE`], [`ASSIGNED`], [`ACTIVE`], [`EXITING`] (anything else
+    /// One of [`FREE`], [`ASSIGNED`], [`ACTIVE`], [`EXITING`], [`PARKED`] (anything else
     /// means the slot was overwritten).
     pub state: u32,
 }
@@ -82,8 +88,15 @@ impl SlotStatus {
             ASSIGNED => "assigned",
             ACTIVE => "active",
             EXITING => "exiting",
+            PARKED => "parked",
             _ => "corrupt",
         }
+    }
+
+    /// Whether the slot belongs to nobody: [`FREE`] or [`PARKED`].
+    #[inline]
+    pub fn is_free(self) -> bool {
+        matches!(self.state, FREE | PARKED)
     }
 }
 
@@ -152,6 +165,29 @@ impl ProcSlot {
             )
             .map(|_| ())
             .map_err(SlotStatus::decode)
+    }
+
+    /// Takes a slot found [`PARKED`] as `parked`: moves it to [`FREE`] with
+    /// the same generation, which makes the caller its only holder, as a
+    /// free-list pop would. Fails if anyone took it first.
+    #[inline]
+    pub(crate) fn claim_parked(&self, parked: SlotStatus) -> bool {
+        let free = SlotStatus {
+            state: FREE,
+            ..parked
+        };
+        self.ident
+            .status
+            .compare_exchange(
+                parked.encode(),
+                free.encode(),
+                // Acquire: pairs with the release store that parked the slot
+                // (publish()), so the last holder's writes come before ours.
+                // Relaxed on failure: the loser only moves on.
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
+            .is_ok()
     }
 
     /// Publishes `to` as the status of a slot the caller holds exclusively

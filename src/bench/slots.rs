@@ -9,7 +9,7 @@
 //! Taking a slot is more than popping an index: `ProcArray::acquire`
 //! writes the owner's pid, start time, kind and tag, hands the latch over
 //! and publishes the status word; the release clears the latch and
-//! critical-section depth, moves the status to FREE and pushes. So every
+//! critical-section depth and parks the slot (see below). So every
 //! baseline figure named `*_freelist_*` does the same writes into a slot
 //! of the same shape (the index list under its lock, the slot writes
 //! outside it, as PostgreSQL does), and a lock-protected list needs no CAS
@@ -17,9 +17,21 @@
 //! which the baselines get for free. `freelist_pop_push_ns` and
 //! `mutex_bare_*` compare the bare index lists, indices only.
 //!
+//! # Parking
+//!
+//! A released slot is parked with its thread, which takes it back with one
+//! CAS on the slot's status instead of a pop and a push on a list head
+//! (see `proclist::array`'s docs on parking). That is what
+//! `slot_acquire_release_ns` and the `slot_contended_*` figures measure,
+//! because it is what `acquire` and a guard's drop do. The baselines have
+//! no such cache, as PostgreSQL's and the obvious mutex list do not. To
+//! show the lists themselves, `slot_unparked_acquire_release_ns` is the
+//! same pair through a view made `without_parking` (every release pushed),
+//! and the one-list array of the contended figures does not park either.
+//!
 //! # Uncontended figures
 //!
-//! The six single-thread figures are timed in [`UNCONTENDED_ROUNDS`]
+//! The seven single-thread figures are timed in [`UNCONTENDED_ROUNDS`]
 //! interleaved rounds sharing the budget, and each is its fastest round's
 //! mean. On a shared host, other tenants and frequency changes only ever
 //! add time, and a disturbance of a few milliseconds moved a single mean
@@ -33,8 +45,11 @@
 //! slots as fast as they can, pinned round-robin to the CPUs. The slot
 //! array gives each process a home free list of its own (see
 //! `proclist::array::FREE_LIST_SHARDS`), so processes do not share a cache
-//! line while slots last; `slot_single_list_*` is the same array built with
-//! one free list per kind, to show what the sharding buys. On a machine
+//! line while slots last, and parking keeps each process on a slot of its
+//! own; `slot_single_list_*` is the same array built with one free list
+//! per kind and viewed without parking, so every operation goes through
+//! one shared head: the lock-free list under the most contention it can
+//! meet. On a machine
 //! with fewer CPUs than N the extra processes time-share a CPU: such counts
 //! measure how throughput degrades and how fairly it is shared
 //! (`*_fairness_x`: the slowest process's share over the fastest's, 1 is
@@ -290,7 +305,8 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
         seg.array(SINGLE_HEADS).map_err(|e| err(&e))?,
         CONFIG,
     )
-    .map_err(|e| err(&e))?;
+    .map_err(|e| err(&e))?
+    .without_parking();
     single.fill_free_lists();
     let mirror = seg
         .array::<MirrorSlot>("mirror_slots")
@@ -326,6 +342,8 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     free_list.fill();
 
     let ours = || drop(procs.acquire(Kind::Backend).expect("a free slot"));
+    let unparked_view = procs.without_parking();
+    let unparked = || drop(unparked_view.acquire(Kind::Backend).expect("a free slot"));
     let mutex_pop = || {
         mutex_list
             .lock()
@@ -351,10 +369,11 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     };
     // Interleaved rounds, each figure its fastest round: see the module docs.
     let round = budget / UNCONTENDED_ROUNDS;
-    let mut fastest = [f64::INFINITY; 6];
+    let mut fastest = [f64::INFINITY; 7];
     for _ in 0..UNCONTENDED_ROUNDS {
         let times = [
             mean_ns(round, &ours),
+            mean_ns(round, &unparked),
             mean_ns(round, &mutex_cycle),
             mean_ns(round, &spinlock),
             mean_ns(round, &shmlock),
@@ -365,8 +384,9 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
             *best = best.min(time);
         }
     }
-    let [ours, mutex, spinlock, shmlock, bare, mutex_bare] = fastest;
+    let [ours, unparked, mutex, spinlock, shmlock, bare, mutex_bare] = fastest;
     let ours = Figure::new("slot_acquire_release_ns", ours, "ns");
+    let unparked = Figure::new("slot_unparked_acquire_release_ns", unparked, "ns");
     let mutex = Figure::new("mutex_freelist_acquire_release_ns", mutex, "ns");
     let spinlock = Figure::new("spinlock_freelist_acquire_release_ns", spinlock, "ns");
     let shmlock = Figure::new("shmlock_freelist_acquire_release_ns", shmlock, "ns");
@@ -448,6 +468,7 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     }
     let mut figures = vec![
         Figure::ratio(&ours, &mutex),
+        Figure::ratio(&unparked, &mutex),
         Figure::ratio(&ours, &spinlock),
         Figure::ratio(&ours, &shmlock),
         Figure::ratio(&bare, &mutex_bare),
@@ -457,6 +478,7 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     figures.extend(ratios);
     figures.extend([
         ours,
+        unparked,
         mutex,
         spinlock,
         shmlock,
