@@ -1364,6 +1364,22 @@ mod tests {
         backends: 3,
     };
 
+    /// Takes all three backend slots, and checks that a fourth acquire
+    /// reports exhaustion.
+    fn take_every_backend_slot(procs: ProcArray<'_>) -> Vec<SlotGuard<'_>> {
+        let held: Vec<_> = (0..3)
+            .map(|_| procs.acquire(Kind::Backend).unwrap())
+            .collect();
+        assert_eq!(
+            procs.acquire(Kind::Backend).unwrap_err(),
+            ProcArrayError::NoFreeSlot {
+                kind: Kind::Backend,
+                size: 3
+            }
+        );
+        held
+    }
+
     #[test]
     fn storage_that_does_not_fit_is_refused() {
         let s = Storage::new(CONFIG, 2);
@@ -1389,19 +1405,10 @@ mod tests {
         }
         let procs = s.procs();
         assert_eq!(procs.count_free_quiescent(Kind::Backend), Ok(3));
-        let held: Vec<_> = (0..3)
-            .map(|_| procs.acquire(Kind::Backend).unwrap())
-            .collect();
+        let held = take_every_backend_slot(procs);
         let mut indices: Vec<_> = held.iter().map(|g| g.index()).collect();
         indices.sort_unstable();
         assert_eq!(indices, [1, 2, 3]);
-        assert_eq!(
-            procs.acquire(Kind::Backend).unwrap_err(),
-            ProcArrayError::NoFreeSlot {
-                kind: Kind::Backend,
-                size: 3
-            }
-        );
         drop(held);
         assert_eq!(procs.count_free_quiescent(Kind::Backend), Ok(3));
         assert_eq!(procs.count_free_quiescent(Kind::Worker), Ok(1));
@@ -1472,17 +1479,8 @@ mod tests {
         assert_eq!(procs.get(parked).unwrap().status().state, PARKED);
         // Three slots, one parked by a thread that has ended: all three can
         // be had, and then none.
-        let held: Vec<_> = (0..3)
-            .map(|_| procs.acquire(Kind::Backend).unwrap())
-            .collect();
+        let held = take_every_backend_slot(procs);
         assert!(held.iter().any(|g| g.index() == parked));
-        assert_eq!(
-            procs.acquire(Kind::Backend).unwrap_err(),
-            ProcArrayError::NoFreeSlot {
-                kind: Kind::Backend,
-                size: 3
-            }
-        );
         drop(held);
         assert_eq!(procs.count_free_quiescent(Kind::Backend), Ok(3));
     }
