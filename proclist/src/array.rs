@@ -621,24 +621,15 @@ impl<'a> ProcArray<'a> {
             return None;
         }
         let slot = self.slots.get(parked.index as usize)?;
-        let status = SlotStatus::decode(parked.status);
-        if !slot.claim_parked(status) {
+        // A parked slot is parked again on release, unless the thread parks
+        // another by then; a guess of 0 then costs one failed CAS.
+        let taken = Taken::claim(slot, parked.index, relative, parked.status, 0);
+        // On success the entry stays until the release parks the slot over
+        // it; a failed claim means it is stale.
+        if taken.is_none() {
             me::set_parked(Parked::NONE);
-            return None;
         }
-        // The entry stays until the release parks the slot over it.
-        Some(Taken {
-            slot,
-            index: parked.index,
-            relative,
-            free: SlotStatus {
-                state: FREE,
-                ..status
-            },
-            // A parked slot is parked again on release, unless the thread
-            // parks another by then; a guess of 0 then costs one failed CAS.
-            guess: 0,
-        })
+        taken
     }
 
     /// Scans `kind`'s slots and takes the first parked one it wins, with
@@ -648,21 +639,13 @@ impl<'a> ProcArray<'a> {
     fn take_parked_anywhere(&self, kind: Kind, guess: u64) -> Result<Taken<'a>, u64> {
         let start = self.config.start(kind);
         let mut generations = 0u64;
-        for relative in 0..self.config.size(kind) {
-            let index = start + relative;
-            let slot = &self.slots[index as usize];
+        for (relative, slot) in (0..).zip(self.kind_slots(kind)) {
             let status = slot.status();
-            if status.state == PARKED && slot.claim_parked(status) {
-                return Ok(Taken {
-                    slot,
-                    index,
-                    relative,
-                    free: SlotStatus {
-                        state: FREE,
-                        ..status
-                    },
-                    guess,
-                });
+            if status.state == PARKED
+                && let Some(taken) =
+                    Taken::claim(slot, start + relative, relative, status.encode(), guess)
+            {
+                return Ok(taken);
             }
             generations += u64::from(status.generation);
         }
@@ -671,11 +654,16 @@ impl<'a> ProcArray<'a> {
 
     /// The sum of the generations of `kind`'s slots.
     fn generations(&self, kind: Kind) -> u64 {
-        let start = self.config.start(kind) as usize;
-        self.slots[start..start + self.config.size(kind) as usize]
+        self.kind_slots(kind)
             .iter()
             .map(|slot| u64::from(slot.status().generation))
             .sum()
+    }
+
+    /// The slots of `kind`'s range.
+    fn kind_slots(&self, kind: Kind) -> &'a [ProcSlot] {
+        let start = self.config.start(kind) as usize;
+        &self.slots[start..start + self.config.size(kind) as usize]
     }
 
     /// Checks that slot `relative` of `kind`, just popped, is free; `guess`
@@ -962,8 +950,8 @@ impl<'a> ProcArray<'a> {
         for shard in 0..self.shards {
             free = free.saturating_add(self.free_list(kind, shard).count_quiescent()?);
         }
-        let start = self.config.start(kind) as usize;
-        let parked = self.slots[start..start + self.config.size(kind) as usize]
+        let parked = self
+            .kind_slots(kind)
             .iter()
             .filter(|slot| slot.status().state == PARKED)
             .count();
@@ -1111,6 +1099,32 @@ mod me {
     }
 }
 
+impl<'a> Taken<'a> {
+    /// Claims `slot` (at `index`, `relative` within its kind), which was
+    /// parked with the status word `parked`; `None` if someone claimed it
+    /// first.
+    #[inline(always)]
+    fn claim(
+        slot: &'a ProcSlot,
+        index: u32,
+        relative: u32,
+        parked: u64,
+        guess: u64,
+    ) -> Option<Self> {
+        let parked = SlotStatus::decode(parked);
+        slot.claim_parked(parked).then_some(Self {
+            slot,
+            index,
+            relative,
+            free: SlotStatus {
+                state: FREE,
+                ..parked
+            },
+            guess,
+        })
+    }
+}
+
 fn stale(handle: SlotHandle, found: SlotStatus) -> ProcArrayError {
     stale_at(handle.index, handle.generation, found)
 }
@@ -1139,7 +1153,7 @@ impl Parked {
     };
 }
 
-/// A slot popped from a free list and found free.
+/// A slot popped from a free list and found free, or claimed parked.
 struct Taken<'a> {
     slot: &'a ProcSlot,
     index: u32,
