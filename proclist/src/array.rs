@@ -38,6 +38,11 @@
 //! acquire of that kind takes the slot back with one CAS on the slot's own
 //! status word, `PARKED -> FREE`, and touches no list. Each thread parks at
 //! most one slot; a release while it has one parked pushes as before.
+//! The slot's latch stays owned by the parking process while it is parked,
+//! which saves the release two stores; whoever claims the slot hands the
+//! latch over, as a taker from a list does. So a thread that kept the
+//! slot's latch past its release, and waits on it, is no longer refused
+//! as a non-owner: a misuse the latch catches only for pushed slots.
 //!
 //! A parked slot is free, not reserved: whoever finds every list of the
 //! kind empty scans the kind's slots and takes a parked one with the same
@@ -623,7 +628,7 @@ impl<'a> ProcArray<'a> {
         let slot = self.slots.get(parked.index as usize)?;
         // A parked slot is parked again on release, unless the thread parks
         // another by then; a guess of 0 then costs one failed CAS.
-        let taken = Taken::claim(slot, parked.index, relative, parked.status, 0);
+        let taken = Taken::claim(slot, parked.index, relative, parked.status(), 0);
         // On success the entry stays until the release parks the slot over
         // it; a failed claim means it is stale.
         if taken.is_none() {
@@ -642,8 +647,7 @@ impl<'a> ProcArray<'a> {
         for (relative, slot) in (0..).zip(self.kind_slots(kind)) {
             let status = slot.status();
             if status.state == PARKED
-                && let Some(taken) =
-                    Taken::claim(slot, start + relative, relative, status.encode(), guess)
+                && let Some(taken) = Taken::claim(slot, start + relative, relative, status, guess)
             {
                 return Ok(taken);
             }
@@ -721,9 +725,12 @@ impl<'a> ProcArray<'a> {
         kind: Kind,
         owner_tag: u64,
     ) -> Result<SlotGuard<'a>, ProcArrayError> {
+        // The parked claim first, with nothing else live: whatever the
+        // compiler spills before a locked instruction waits for it.
+        let taken = self.take_parked(kind);
         let me = self.me();
         let list = self.free_list(kind, me.home);
-        let taken = match self.take_parked(kind) {
+        let taken = match taken {
             Some(taken) => taken,
             None => self.take(kind, me.home, list)?,
         };
@@ -1108,10 +1115,9 @@ impl<'a> Taken<'a> {
         slot: &'a ProcSlot,
         index: u32,
         relative: u32,
-        parked: u64,
+        parked: SlotStatus,
         guess: u64,
     ) -> Option<Self> {
-        let parked = SlotStatus::decode(parked);
         slot.claim_parked(parked).then_some(Self {
             slot,
             index,
@@ -1137,20 +1143,28 @@ fn stale_at(index: u32, generation: u32, found: SlotStatus) -> ProcArrayError {
     }
 }
 
-/// The slot a thread parked: its index and the status word it parked it
-/// with, encoded, so that the claim's CAS takes it as loaded.
+/// The slot a thread parked: its index and the generation it parked it
+/// with. Eight bytes, so that a release writes it with one store.
 #[derive(Clone, Copy)]
 struct Parked {
     index: u32,
-    status: u64,
+    generation: u32,
 }
 
 impl Parked {
     /// Nothing parked: an index in no kind's range.
     const NONE: Self = Self {
         index: u32::MAX,
-        status: 0,
+        generation: 0,
     };
+
+    /// The status word the slot was parked with.
+    fn status(self) -> SlotStatus {
+        SlotStatus {
+            generation: self.generation,
+            state: PARKED,
+        }
+    }
 }
 
 /// A slot popped from a free list and found free, or claimed parked.
@@ -1273,20 +1287,19 @@ impl Drop for SlotGuard<'_> {
         if slot.status() != active {
             return;
         }
-        slot.latch().hand_over(0);
         slot.reset_critical();
         if self.parking && may_park(handle.index) {
-            let parked = SlotStatus {
-                generation: handle.generation.wrapping_add(1),
-                state: PARKED,
-            };
-            slot.publish(parked);
-            me::set_parked(Parked {
+            // The latch stays ours while the slot is parked (see the module
+            // docs): whoever claims it next hands it over.
+            let parked = Parked {
                 index: handle.index,
-                status: parked.encode(),
-            });
+                generation: handle.generation.wrapping_add(1),
+            };
+            slot.publish(parked.status());
+            me::set_parked(parked);
             return;
         }
+        slot.latch().hand_over(0);
         slot.publish(free);
         match self.place.push_guessed(self.guess) {
             Some(hint) => me::set_hint(hint),
@@ -1450,6 +1463,9 @@ mod tests {
         );
         assert!(slot.status().is_free());
         assert!(procs.find_pid(std::process::id()).is_none());
+        // The latch stays with the parking process; a push clears it.
+        let me = Some(std::process::id());
+        assert_eq!(slot.latch().owner(), me);
         // Parked, not listed, and still counted free.
         assert_eq!(procs.free_list(Kind::Backend, 0).count_quiescent(), Ok(2));
         assert_eq!(procs.count_free_quiescent(Kind::Backend), Ok(3));
@@ -1463,6 +1479,8 @@ mod tests {
         drop(again);
         drop(other);
         assert_eq!(procs.get(other_index).unwrap().status().state, FREE);
+        assert_eq!(procs.get(other_index).unwrap().latch().owner(), None);
+        assert_eq!(slot.latch().owner(), me);
         assert_eq!(procs.free_list(Kind::Backend, 0).count_quiescent(), Ok(2));
     }
 
@@ -1474,6 +1492,7 @@ mod tests {
         let index = guard.index();
         drop(guard);
         assert_eq!(procs.get(index).unwrap().status().state, FREE);
+        assert_eq!(procs.get(index).unwrap().latch().owner(), None);
         assert_eq!(procs.free_list(Kind::Backend, 0).count_quiescent(), Ok(3));
     }
 

@@ -8,11 +8,12 @@
 //!
 //! Taking a slot is more than popping an index: `ProcArray::acquire`
 //! writes the owner's pid, start time, kind and tag, hands the latch over
-//! and publishes the status word; the release clears the latch and
-//! critical-section depth and parks the slot (see below). So every
-//! baseline figure named `*_freelist_*` does the same writes into a slot
-//! of the same shape (the index list under its lock, the slot writes
-//! outside it, as PostgreSQL does), and a lock-protected list needs no CAS
+//! and publishes the status word; the release clears the critical-section
+//! depth and the latch's owner and pushes the slot, or parks it (see
+//! below), which leaves the latch alone. So every baseline figure named
+//! `*_freelist_*` does the writes of a pushing release into a slot of the
+//! same shape (the index list under its lock, the slot writes outside it,
+//! as PostgreSQL does), and a lock-protected list needs no CAS
 //! on the status word (its lock already makes the taker the only owner),
 //! which the baselines get for free. `freelist_pop_push_ns` and
 //! `mutex_bare_*` compare the bare index lists, indices only.
