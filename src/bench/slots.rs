@@ -32,13 +32,17 @@
 //!
 //! # Uncontended figures
 //!
-//! The seven single-thread figures are timed in [`UNCONTENDED_ROUNDS`]
-//! interleaved rounds sharing the budget, and each is its fastest round's
-//! mean. On a shared host, other tenants and frequency changes only ever
-//! add time, and a disturbance of a few milliseconds moved a single mean
-//! by a quarter; the fastest round is the least disturbed, and the
-//! interleaving gives every figure the same chances of a quiet round, so
-//! the ratios between them stay comparable.
+//! The seven single-thread figures are timed in short interleaved rounds
+//! ([`UNCONTENDED_ROUND`] each, the budget's worth of them per figure), and
+//! each is its fastest round's mean. On a shared host, other tenants and
+//! frequency changes only ever add time, and they come in phases: a
+//! stretch of tens of milliseconds in which one loop runs half as fast
+//! again as in the next. The fastest round is the least disturbed one, and
+//! the interleaving gives every figure the same chances of a quiet round,
+//! so the ratios between them stay comparable. Rounds must be short beside
+//! those phases: with five rounds of 40 ms, about one run in twenty caught
+//! every round of one figure in slow phases and none of another's, and
+//! read a ratio a third off what the same binary read in the next run.
 //!
 //! # Contended figures
 //!
@@ -75,8 +79,9 @@ const CONFIG: ProcArrayConfig = ProcArrayConfig {
     backends: SLOTS,
 };
 
-/// Rounds of the uncontended figures (see the module docs).
-const UNCONTENDED_ROUNDS: u32 = 5;
+/// How long one round of an uncontended figure runs (see the module docs):
+/// about a quarter of a million pairs, so its mean is not the clock's.
+const UNCONTENDED_ROUND: Duration = Duration::from_millis(2);
 
 /// Process counts of the scaling figures.
 const PROCESS_COUNTS: [usize; 4] = [1, 2, 4, 8];
@@ -369,9 +374,9 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
         mutex_list.lock().expect("unpoisoned").push(i);
     };
     // Interleaved rounds, each figure its fastest round: see the module docs.
-    let round = budget / UNCONTENDED_ROUNDS;
+    let round = UNCONTENDED_ROUND.min(budget);
     let mut fastest = [f64::INFINITY; 7];
-    for _ in 0..UNCONTENDED_ROUNDS {
+    for _ in 0..budget.div_duration_f64(round).ceil() as u32 {
         let times = [
             mean_ns(round, &ours),
             mean_ns(round, &unparked),
