@@ -59,7 +59,9 @@
 //! no slot was parked (parking bumps the generation, and generations never
 //! go down while the segment lives): so at a moment between the two status
 //! scans, every list was empty and no slot was parked, and every slot was
-//! taken.
+//! taken. That needs the second look to see every change that came before
+//! one the first look saw, which is why a claim's CAS releases as well as
+//! acquires, and acquires even when it fails.
 //!
 //! Views made [`without_parking`](ProcArray::without_parking) push every
 //! release, for callers that want slots to go back to the lists.
@@ -1713,6 +1715,91 @@ mod loom_tests {
             a.join().unwrap();
             b.join().unwrap();
             assert_eq!(storage.procs().count_free_quiescent(Kind::Backend), Ok(1));
+        });
+    }
+
+    /// A one-shot event for one waiter, with the happens-before edge of a
+    /// release and an acquire. loom's `Notify` alone may wake spuriously,
+    /// and a spin on an atomic alone makes too many branches.
+    #[derive(Default)]
+    struct Flag {
+        raised: loom::sync::atomic::AtomicBool,
+        notify: loom::sync::Notify,
+    }
+
+    impl Flag {
+        fn raise(&self) {
+            // Release: pairs with the acquire load in wait_for().
+            self.raised.store(true, Ordering::Release);
+            self.notify.notify();
+        }
+
+        fn wait_for(&self) {
+            // Acquire: see raise().
+            while !self.raised.load(Ordering::Acquire) {
+                self.notify.wait();
+            }
+        }
+    }
+
+    /// Two slots, one list, both taken: A holds one, D has parked the other.
+    /// Then A releases (parking its slot), D takes its own back, and B
+    /// acquires. From the start of B's acquire on, a slot is always free,
+    /// so B and D must both get one. B's scan can see A's slot still
+    /// active and then D's active again; only the generation sum tells its
+    /// second look that a slot was parked in between (see the module docs),
+    /// and only if that look sees A's parking: the claim's CAS must release
+    /// on success and acquire on failure (see `ProcSlot::claim_parked`).
+    /// Taking out the sum, or either ordering, fails this model.
+    #[test]
+    fn loom_a_slot_parked_during_the_scan_is_not_missed() {
+        // One preemption is enough for the scan to straddle both changes,
+        // and the model's waits make every bound above it slow (minutes).
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(1);
+        model.check(|| {
+            let storage = Arc::new(Storage::new(CONFIG, 1));
+            let holders = Arc::new(Holders::new(2));
+            // a_holds, d_parked, a_released, b_done: each awaited by one.
+            let flags = Arc::new([(); 4].map(|()| Flag::default()));
+            let a = {
+                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
+                thread::spawn(move || {
+                    let procs = storage.procs();
+                    let held = holders.hold(procs.acquire(Kind::Backend).expect("two are free"));
+                    flags[0].raise();
+                    drop(held);
+                    flags[2].raise();
+                })
+            };
+            let d = {
+                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
+                thread::spawn(move || {
+                    let procs = storage.procs();
+                    drop(holders.hold(procs.acquire(Kind::Backend).expect("one is free")));
+                    flags[1].raise();
+                    flags[2].wait_for();
+                    let again = procs.acquire(Kind::Backend).expect("A's or D's is free");
+                    let held = holders.hold(again);
+                    flags[3].wait_for();
+                    drop(held);
+                })
+            };
+            let b = {
+                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
+                thread::spawn(move || {
+                    let procs = storage.procs();
+                    flags[0].wait_for();
+                    flags[1].wait_for();
+                    let taken = procs.acquire(Kind::Backend);
+                    drop(holders.hold(taken.expect("a slot was free all along")));
+                    flags[3].raise();
+                })
+            };
+            a.join().unwrap();
+            d.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(storage.procs().count_free_quiescent(Kind::Backend), Ok(2));
         });
     }
 

@@ -183,9 +183,17 @@ impl ProcSlot {
                 free.encode(),
                 // Acquire: pairs with the release store that parked the slot
                 // (publish()), so the last holder's writes come before ours.
-                // Relaxed on failure: the loser only moves on.
+                // Release, and acquire on failure: an exhaustion check that
+                // sees this claim, by a status load or by losing the race,
+                // must also see whatever came before it (another slot's
+                // parking, say). Otherwise its second look at the statuses
+                // may re-read a stale one and take the double collect for a
+                // quiet moment that never was: the loom model
+                // `loom_a_slot_parked_during_the_scan_is_not_missed` finds
+                // both. Free on x86, where a locked instruction is a full
+                // barrier either way.
+                Ordering::AcqRel,
                 Ordering::Acquire,
-                Ordering::Relaxed,
             )
             .is_ok()
     }
