@@ -1803,6 +1803,66 @@ mod loom_tests {
         });
     }
 
+    /// The same straddle on the list heads. Two slots, two shards, views
+    /// without parking: X holds the slot from shard 0, the other waits on
+    /// shard 1. X pushes its slot back, and then Y pops shard 1's (and
+    /// keeps it, FREE and unpublished, as between a pop and an
+    /// activation). B acquires once X holds, with a slot free throughout.
+    /// B can read shard 0 empty before X's push and shard 1 empty after
+    /// Y's pop; its second look at shard 0 must see the push, so a pop's
+    /// CAS must release what came before it (see `FreeList::try_pop`).
+    #[test]
+    fn loom_a_push_during_the_scan_is_not_missed() {
+        let mut model = loom::model::Builder::new();
+        // As in the model above.
+        model.preemption_bound = Some(1);
+        model.check(|| {
+            let storage = Arc::new(Storage::new(CONFIG, 2));
+            storage.move_free(Kind::Backend, 0, 1);
+            let holders = Arc::new(Holders::new(2));
+            // x_holds, x_released, b_done: each awaited by one.
+            let flags = Arc::new([(); 3].map(|()| Flag::default()));
+            let x = {
+                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
+                thread::spawn(move || {
+                    let procs = storage.procs().without_parking();
+                    let held = holders.hold(procs.acquire(Kind::Backend).expect("two are free"));
+                    flags[0].raise();
+                    drop(held);
+                    flags[1].raise();
+                })
+            };
+            let y = {
+                let (storage, flags) = (storage.clone(), flags.clone());
+                thread::spawn(move || {
+                    let shard_1 = storage.procs().free_list(Kind::Backend, 1);
+                    flags[1].wait_for();
+                    // B may have popped it first; then there is nothing to
+                    // keep or give back.
+                    let kept = shard_1.pop().expect("consistent");
+                    flags[2].wait_for();
+                    if let Some(index) = kept {
+                        shard_1.push(index).expect("in range");
+                    }
+                })
+            };
+            let b = {
+                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
+                thread::spawn(move || {
+                    let procs = storage.procs().without_parking();
+                    flags[0].wait_for();
+                    let taken = procs.acquire(Kind::Backend);
+                    drop(holders.hold(taken.expect("a slot was free all along")));
+                    flags[2].raise();
+                })
+            };
+            x.join().unwrap();
+            y.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(storage.procs().count_free_quiescent(Kind::Backend), Ok(2));
+        });
+    }
+
     /// Two slots, two shards, two threads that each hold at most one slot
     /// at a time: every acquire must succeed. One slot starts on each shard;
     /// every thread's home is shard 0 under loom, so each release moves a

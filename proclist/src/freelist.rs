@@ -420,9 +420,16 @@ impl<'a> FreeList<'a> {
                 next.encode(),
                 // Acquire on success: the slot's previous owner released it
                 // with the push this head came from; we now see its writes.
+                // Release on success too: whoever reads this head word must
+                // also see what came before the pop, another list's push
+                // say, or an exhaustion check could re-read that list's
+                // head stale and take it for still empty (the loom model
+                // `loom_a_push_during_the_scan_is_not_missed` in the array
+                // finds that). Free on x86: a locked instruction is a full
+                // barrier either way.
                 // Acquire on failure: the caller retries with the new head
                 // and reads its link, which its pusher published with release.
-                Ordering::Acquire,
+                Ordering::AcqRel,
                 Ordering::Acquire,
             )
             .map(|_| Popped::Slot {
