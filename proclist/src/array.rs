@@ -1110,8 +1110,7 @@ mod me {
 
 impl<'a> Taken<'a> {
     /// Claims `slot` (at `index`, `relative` within its kind), which was
-    /// parked with the status word `parked`; `None` if someone claimed it
-    /// first.
+    /// found with the status `parked`; `None` if someone claimed it first.
     #[inline(always)]
     fn claim(
         slot: &'a ProcSlot,
@@ -1742,7 +1741,7 @@ mod loom_tests {
         }
     }
 
-    /// Two slots, one list, both taken: A holds one, D has parked the other.
+    /// Two slots, one list, neither on it: A holds one, D has parked the other.
     /// Then A releases (parking its slot), D takes its own back, and B
     /// acquires. From the start of B's acquire on, a slot is always free,
     /// so B and D must both get one. B's scan can see A's slot still

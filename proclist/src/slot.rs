@@ -18,8 +18,9 @@
 //! `status` packs the slot's state with a generation that every acquisition
 //! and every parking bumps (decoded through [`SlotStatus`]), so that while
 //! the segment lives a slot's generation only goes up. Every transition by
-//! someone who may not hold the slot alone is a CAS on the pair, so an actor that read `(g, ACTIVE)` cannot act on a slot that has
-//! since been freed and taken again as `(g + 1, ACTIVE)`: the handle
+//! someone who may not hold the slot alone is a CAS on the pair, so an
+//! actor that read `(g, ACTIVE)` cannot act on a slot that has since been
+//! freed and taken again as `(g + 1, ACTIVE)`: the handle
 //! `(index, generation)` names one tenancy of a slot, never the next.
 //!
 //! # The dead-man switch
@@ -60,8 +61,8 @@ pub const PARKED: u32 = 4;
 pub struct SlotStatus {
     /// Bumped each time the slot is taken or parked; part of every handle.
     pub generation: u32,
-    /// One of [`FREE`], [`ASSIGNED`], [`ACTIVE`], [`EXITING`], [`PARKED`] (anything else
-    /// means the slot was overwritten).
+    /// One of [`FREE`], [`ASSIGNED`], [`ACTIVE`], [`EXITING`], [`PARKED`]
+    /// (anything else means the slot was overwritten).
     pub state: u32,
 }
 
