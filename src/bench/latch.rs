@@ -49,34 +49,33 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
 
     let apart = Placement::Apart;
     let together = Placement::Together;
-    let rtt = |name: &str, t: Transport, p: Placement| -> Result<Figure, String> {
-        let value = Session::start(t, p)?.measure(budget)?;
-        Ok(Figure::new(name, value, "ns"))
-    };
-    let latch_spin = rtt(
-        "latch_pingpong_rtt_ns",
-        Transport::latch(WaitOptions::default())?,
-        apart,
-    )?;
-    let latch_nospin = rtt(
-        "latch_pingpong_nospin_rtt_ns",
-        Transport::latch(WaitOptions::no_spin())?,
-        apart,
-    )?;
-    let pipe = rtt("pipe_pingpong_rtt_ns", Transport::pipe()?, apart)?;
-    let eventfd = rtt("eventfd_pingpong_rtt_ns", Transport::eventfd()?, apart)?;
-    let uds = rtt("uds_pingpong_rtt_ns", Transport::uds()?, apart)?;
-    let spin = rtt("spin_pingpong_rtt_ns", Transport::spin()?, apart)?;
-    let latch_same = rtt(
-        "latch_pingpong_samecpu_rtt_ns",
-        Transport::latch(WaitOptions::default())?,
-        together,
-    )?;
-    let eventfd_same = rtt(
-        "eventfd_pingpong_samecpu_rtt_ns",
-        Transport::eventfd()?,
-        together,
-    )?;
+    let latch = || Transport::latch(WaitOptions::default());
+    let nospin = || Transport::latch(WaitOptions::no_spin());
+    let mut pingpongs = [
+        PingPong::new("latch_pingpong_rtt_ns", latch, apart),
+        PingPong::new("latch_pingpong_nospin_rtt_ns", nospin, apart),
+        PingPong::new("pipe_pingpong_rtt_ns", Transport::pipe, apart),
+        PingPong::new("eventfd_pingpong_rtt_ns", Transport::eventfd, apart),
+        PingPong::new("uds_pingpong_rtt_ns", Transport::uds, apart),
+        PingPong::new("spin_pingpong_rtt_ns", Transport::spin, apart),
+        PingPong::new("latch_pingpong_samecpu_rtt_ns", latch, together),
+        PingPong::new(
+            "eventfd_pingpong_samecpu_rtt_ns",
+            Transport::eventfd,
+            together,
+        ),
+    ];
+    interleave(&mut pingpongs, budget)?;
+    let [
+        latch_spin,
+        latch_nospin,
+        pipe,
+        eventfd,
+        uds,
+        spin,
+        latch_same,
+        eventfd_same,
+    ] = pingpongs.map(PingPong::figure);
 
     // Goals (issue 3): set <= 0.1x a pipe write; latch ping-pong <= 1/50 of
     // the pipe's and <= 1.5x the spin floor; without spin <= 1.1x eventfd;
@@ -104,6 +103,60 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     ];
     figures.extend(ratios);
     Ok(figures)
+}
+
+/// Slices of a ping-pong's budget: each [`interleave`] round gives every
+/// ping-pong one slice of about this long.
+const SLICE: Duration = Duration::from_millis(25);
+
+/// One ping-pong figure: how to make its transport, where its two
+/// processes run, and the batch means measured so far.
+pub struct PingPong {
+    name: &'static str,
+    make: fn() -> Result<Transport, String>,
+    placement: Placement,
+    means: Vec<f64>,
+}
+
+impl PingPong {
+    /// A figure named `name`, measured on fresh transports from `make`.
+    pub fn new(
+        name: &'static str,
+        make: fn() -> Result<Transport, String>,
+        placement: Placement,
+    ) -> Self {
+        Self {
+            name,
+            make,
+            placement,
+            means: Vec::new(),
+        }
+    }
+
+    /// The median batch mean, in ns.
+    fn figure(mut self) -> Figure {
+        self.means.sort_by(f64::total_cmp);
+        let median = self.means.get(self.means.len() / 2).copied();
+        Figure::new(self.name, median.unwrap_or(f64::NAN), "ns")
+    }
+}
+
+/// Measures `pingpongs` in rounds, each round giving every one a [`SLICE`]
+/// (a session of its own: fork, pin, warm up, batches), until each has had
+/// `budget`. The host's slow phases last milliseconds to seconds and move
+/// the pure-spin floor alone between 60 and 320 ns; measured one after the
+/// other, a figure and the baseline it is divided by would each see
+/// whatever phase its turn fell in, while in slices they see the same mix.
+pub fn interleave(pingpongs: &mut [PingPong], budget: Duration) -> Result<(), String> {
+    let rounds = (budget.as_nanos() / SLICE.as_nanos()).max(1);
+    let slice = budget / rounds as u32;
+    for _ in 0..rounds {
+        for pingpong in pingpongs.iter_mut() {
+            let session = Session::start((pingpong.make)()?, pingpong.placement)?;
+            pingpong.means.extend(session.batches(slice)?);
+        }
+    }
+    Ok(())
 }
 
 /// `set` on an owned latch that nobody waits on.
@@ -361,73 +414,6 @@ impl Transport {
         self.segment().region("word").map_err(err)
     }
 
-    /// Parent: serve `ball` (odd: 2r+1) and wait for `ball + 1`.
-    fn parent_round(&self, ball: u64, deadline: Instant) -> Result<(), String> {
-        match self {
-            Self::Latch { options, .. } => {
-                let (down, up) = self.mailboxes()?;
-                // Relaxed: published by the Release swap in set().
-                down.ball.store(ball, Ordering::Relaxed);
-                down.latch.set();
-                let arrived = || match up.ball.load(Ordering::Acquire) {
-                    // Acquire: pairs with the Release swap in the child's set.
-                    b if b == ball + 1 => Ok(true),
-                    b if b + 1 == ball || b == 0 => Ok(false),
-                    b => Err(format!("latch ping-pong: got {b}, wanted {}", ball + 1)),
-                };
-                loop {
-                    // The usage loop's fast form (crate docs): look first,
-                    // reset and look again only when about to wait, so the
-                    // reset is not on the round trip's critical path.
-                    if arrived()? {
-                        return Ok(());
-                    }
-                    up.latch.reset();
-                    if arrived()? {
-                        return Ok(());
-                    }
-                    // No deadline, like the baselines' blocking reads: a
-                    // timed futex wait arms a kernel timer, which costs ~10%
-                    // of a same-CPU round trip here. A failing child sends
-                    // FAILED; a dead one cannot, which the bench accepts.
-                    match up.latch.wait_with(None, options).map_err(err)? {
-                        Wake::Set => {}
-                        other => {
-                            return Err(format!("latch ping-pong: parent woke with {other:?}"));
-                        }
-                    }
-                }
-            }
-            Self::Fd {
-                parent_tx,
-                parent_rx,
-                ..
-            } => {
-                send(parent_tx, ball)?;
-                let back = recv(parent_rx)?;
-                if back != ball + 1 {
-                    return Err(format!("fd ping-pong: got {back}, wanted {}", ball + 1));
-                }
-                Ok(())
-            }
-            Self::Spin { .. } => {
-                let word = self.word()?;
-                // Release/Acquire: the word is the message; pairs with the
-                // child's Acquire load and Release store.
-                word.store(ball, Ordering::Release);
-                let mut back = ball;
-                if !spin_until(deadline, || {
-                    back = word.load(Ordering::Acquire);
-                    back == ball + 1 || back == FAILED
-                }) || back == FAILED
-                {
-                    return Err("spin ping-pong: child stalled or failed".into());
-                }
-                Ok(())
-            }
-        }
-    }
-
     /// Parent: tell the child to finish.
     fn parent_stop(&self) -> Result<(), String> {
         match self {
@@ -470,6 +456,121 @@ impl Transport {
         if let Self::Latch { .. } = self {
             self.mailboxes()?.0.latch.own().map_err(err)?;
         }
+        self.ends()?.child_serve()
+    }
+
+    /// The transport's shared words and descriptors, looked up once.
+    fn ends(&self) -> Result<Ends<'_>, String> {
+        Ok(match self {
+            Self::Latch { options, .. } => {
+                let (down, up) = self.mailboxes()?;
+                Ends::Latch { down, up, options }
+            }
+            Self::Fd {
+                parent_tx,
+                parent_rx,
+                child_tx,
+                child_rx,
+                ..
+            } => Ends::Fd {
+                parent_tx,
+                parent_rx,
+                child_tx,
+                child_rx,
+            },
+            Self::Spin { .. } => Ends::Spin { word: self.word()? },
+        })
+    }
+}
+
+/// A [`Transport`] with its regions looked up: a lookup by name costs
+/// more than a spinning half round trip, and whatever a side does between
+/// answering and polling again lies on the round trip's critical path.
+enum Ends<'a> {
+    Latch {
+        down: &'a Mailbox,
+        up: &'a Mailbox,
+        options: &'a WaitOptions,
+    },
+    Fd {
+        parent_tx: &'a OwnedFd,
+        parent_rx: &'a OwnedFd,
+        child_tx: &'a OwnedFd,
+        child_rx: &'a OwnedFd,
+    },
+    Spin {
+        word: &'a AtomicU64,
+    },
+}
+
+impl Ends<'_> {
+    /// Parent: serve `ball` (odd: 2r+1) and wait for `ball + 1`.
+    fn parent_round(&self, ball: u64, deadline: Instant) -> Result<(), String> {
+        match self {
+            Ends::Latch { down, up, options } => {
+                // Relaxed: published by the Release swap in set().
+                down.ball.store(ball, Ordering::Relaxed);
+                down.latch.set();
+                let arrived = || match up.ball.load(Ordering::Acquire) {
+                    // Acquire: pairs with the Release swap in the child's set.
+                    b if b == ball + 1 => Ok(true),
+                    b if b + 1 == ball || b == 0 => Ok(false),
+                    b => Err(format!("latch ping-pong: got {b}, wanted {}", ball + 1)),
+                };
+                loop {
+                    // The usage loop's fast form (crate docs): look first,
+                    // reset and look again only when about to wait, so the
+                    // reset is not on the round trip's critical path.
+                    if arrived()? {
+                        return Ok(());
+                    }
+                    up.latch.reset();
+                    if arrived()? {
+                        return Ok(());
+                    }
+                    // No deadline, like the baselines' blocking reads: a
+                    // timed futex wait arms a kernel timer, which costs ~10%
+                    // of a same-CPU round trip here. A failing child sends
+                    // FAILED; a dead one cannot, which the bench accepts.
+                    match up.latch.wait_with(None, options).map_err(err)? {
+                        Wake::Set => {}
+                        other => {
+                            return Err(format!("latch ping-pong: parent woke with {other:?}"));
+                        }
+                    }
+                }
+            }
+            Ends::Fd {
+                parent_tx,
+                parent_rx,
+                ..
+            } => {
+                send(parent_tx, ball)?;
+                let back = recv(parent_rx)?;
+                if back != ball + 1 {
+                    return Err(format!("fd ping-pong: got {back}, wanted {}", ball + 1));
+                }
+                Ok(())
+            }
+            Ends::Spin { word } => {
+                // Release/Acquire: the word is the message; pairs with the
+                // child's Acquire load and Release store.
+                word.store(ball, Ordering::Release);
+                let mut back = ball;
+                if !spin_until(deadline, || {
+                    back = word.load(Ordering::Acquire);
+                    back == ball + 1 || back == FAILED
+                }) || back == FAILED
+                {
+                    return Err("spin ping-pong: child stalled or failed".into());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Child: answer every ball until STOP; returns the count served.
+    fn child_serve(&self) -> Result<u64, String> {
         let mut served = 0u64;
         let mut deadline = Instant::now() + STALL;
         loop {
@@ -478,8 +579,7 @@ impl Transport {
             }
             let want = 2 * served + 1;
             match self {
-                Self::Latch { options, .. } => {
-                    let (down, up) = self.mailboxes()?;
+                Ends::Latch { down, up, options } => {
                     let arrived = || match down.ball.load(Ordering::Acquire) {
                         // Acquire: pairs with the Release swap in the parent's set.
                         STOP => Ok(Some(STOP)),
@@ -508,15 +608,14 @@ impl Transport {
                     up.ball.store(want + 1, Ordering::Relaxed);
                     up.latch.set();
                 }
-                Self::Fd {
+                Ends::Fd {
                     child_tx, child_rx, ..
                 } => match recv(child_rx)? {
                     STOP => return Ok(served),
                     b if b == want => send(child_tx, want + 1)?,
                     b => return Err(format!("fd child: got {b}, wanted {want}")),
                 },
-                Self::Spin { .. } => {
-                    let word = self.word()?;
+                Ends::Spin { word } => {
                     let mut seen = 0;
                     if !spin_until(deadline, || {
                         seen = word.load(Ordering::Acquire);
@@ -629,28 +728,34 @@ impl Session {
 
     /// Plays `n` rounds and returns how long they took.
     pub fn rounds(&mut self, n: u64) -> Result<Duration, String> {
+        let played = Self::play(&self.transport, &mut self.sent, n);
+        if played.is_err() {
+            self.kill();
+        }
+        played
+    }
+
+    fn play(transport: &Transport, sent: &mut u64, n: u64) -> Result<Duration, String> {
+        let ends = transport.ends()?;
         let start = Instant::now();
         let mut deadline = start + STALL;
         for i in 0..n {
             if i % 1024 == 1023 {
                 deadline = Instant::now() + STALL;
             }
-            self.transport
-                .parent_round(2 * self.sent + 1, deadline)
-                .inspect_err(|_| self.kill())?;
-            self.sent += 1;
+            ends.parent_round(2 * *sent + 1, deadline)?;
+            *sent += 1;
         }
         Ok(start.elapsed())
     }
 
     /// Warms up, then plays batches of about a millisecond for about
-    /// `budget`, and returns the median batch's mean round trip in ns;
-    /// checks the child's count before reporting.
-    ///
-    /// The median, not the overall mean: this machine is shared, and a
+    /// `budget` (at least five), and returns each batch's mean round trip
+    /// in ns; checks the child's count before returning. Callers report
+    /// the median, not the overall mean: this machine is shared, and a
     /// spinner preempted for a whole time slice would otherwise dominate a
     /// sub-microsecond figure.
-    pub fn measure(mut self, budget: Duration) -> Result<f64, String> {
+    pub fn batches(mut self, budget: Duration) -> Result<Vec<f64>, String> {
         // Warm-up: long enough for the adaptive spin to settle.
         self.rounds(200)?;
         let probe = self.rounds(16)?.as_nanos().max(1) as u64 / 16;
@@ -662,8 +767,7 @@ impl Session {
             means.push(took.as_nanos() as f64 / batch as f64);
         }
         self.finish()?;
-        means.sort_by(f64::total_cmp);
-        Ok(means[means.len() / 2])
+        Ok(means)
     }
 
     /// Stops the child and checks that it served every round sent.
