@@ -33,7 +33,8 @@
 //! from two producers on they take turns on one CPU: the sweep shows how
 //! throughput degrades under oversubscription (a producer preempted
 //! between claiming a cell and publishing it stalls the consumer until it
-//! runs again), not a speed-up. `mpsc_xproc_pN_fairness` says how evenly
+//! runs again, which the others hasten by yielding: see [`Backoff`]), not
+//! a speed-up. `mpsc_xproc_pN_fairness` says how evenly
 //! the producers got through: when the consumer has taken half of all
 //! messages, the fewest any producer had delivered divided by the most
 //! (1 = perfectly even; the median of the runs).
@@ -69,19 +70,21 @@ pub const RING_CAPACITY: usize = 4096;
 /// Runs per figure; the best is reported. The machine is shared and a
 /// spinning stream is metastable (a consumer just behind the producer pays
 /// two cache-line transfers per refresh of the index, one with a backlog
-/// streams), so single runs vary by several times; the best of five is
-/// what the hardware can do, for every contender alike.
-const REPEATS: usize = 5;
+/// streams), so single runs vary by several times, and the host moves
+/// between phases in which every contender streams three to four times
+/// faster; the best of ten rounds is what the hardware can do, for every
+/// contender alike.
+const REPEATS: usize = 10;
 
 /// Runs per figure with `--quick`.
-const QUICK_REPEATS: usize = 3;
+const QUICK_REPEATS: usize = 5;
 
 /// The longest one run should stream (see [`fit_count`]).
 fn run_target(opts: &BenchOpts) -> Duration {
     if opts.quick {
-        Duration::from_millis(200)
+        Duration::from_millis(120)
     } else {
-        Duration::from_millis(1500)
+        Duration::from_millis(750)
     }
 }
 
@@ -192,7 +195,7 @@ impl Message for [u64; 8] {
 /// Runs the group.
 pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     // Messages per run: 6 million per scale unit (pipes and the byte ring
-    // far fewer); `--quick` runs a third of one unit, 3 times, so that it
+    // far fewer); `--quick` runs a third of one unit, 5 times, so that it
     // stays around 15 seconds even when the spinners share their CPUs.
     let (scale, repeats) = if opts.quick {
         (Scale::Third, QUICK_REPEATS)
@@ -312,6 +315,7 @@ fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Fig
         Contender::timed(scale.of(200_000), target, pipe_xproc)?,
         Contender::timed(scale.of(200_000), target, bytering_xproc)?,
     ];
+    let sweep_start = contenders.len();
     // The MPSC sweep; its two-producer point is issue 5's mpsc2_xproc.
     // Enough messages per producer that the producers sharing CPU 1 take
     // many turns on it (a run shorter than a few scheduler slices would
@@ -332,8 +336,21 @@ fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Fig
             },
         )?);
     }
+    // Each round starts with the figures the goals compare, each of ours
+    // back to back with its baseline (SPSC and ArrayQueue, two-producer
+    // MPSC and ArrayQueue, then the pipe), so that a pair mostly shares a
+    // phase; the rest follow in list order.
+    let two = SWEEP_PRODUCERS
+        .iter()
+        .position(|&p| p == 2)
+        .ok_or("the sweep has no two-producer point")?;
+    // Indices into the list above: spsc 0, aq_spsc 5, aq_mpsc 6, pipe 8.
+    let paired = [0, 5, sweep_start + two, 6, 8];
+    let rest = (0..contenders.len()).filter(|i| !paired.contains(i));
+    let order: Vec<usize> = paired.into_iter().chain(rest).collect();
     for _ in 0..repeats {
-        for contender in &mut contenders {
+        for &i in &order {
+            let contender = &mut contenders[i];
             let sample = (contender.run)(contender.count)?;
             contender.samples.push(sample);
         }
@@ -376,10 +393,6 @@ fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Fig
             "frac",
         ));
     }
-    let two = SWEEP_PRODUCERS
-        .iter()
-        .position(|&p| p == 2)
-        .ok_or("the sweep has no two-producer point")?;
     let (spsc, blocking, mpsc) = (
         rate("spsc_xproc_mmsgs", spsc),
         rate("spsc_blocking_xproc_mmsgs", blocking),

@@ -76,6 +76,20 @@
 //! `head` is caught up by the next consumer, which skips cells already
 //! freed for the next lap.
 //!
+//! # Producers sharing a CPU
+//!
+//! A producer preempted between its claim and its commit holds up the
+//! consumer for as long as it stays off the CPU, and that is no rare
+//! window: the claiming CAS waits for the cell's cache line from the
+//! consumer's CPU, and a timer interrupt that arrives meanwhile is taken
+//! as soon as it retires. If another producer on that CPU then finds the
+//! ring full and spins, it keeps the CPU from the one it waits for until
+//! the scheduler's slice runs out. So a producer that keeps finding the
+//! ring full should yield (`std::thread::yield_now`) after a short spin:
+//! measured with two producer processes on one CPU (`postmaster bench
+//! ring`), spinning lost a third of the run to such stalls, and yielding
+//! raised throughput by about half.
+//!
 //! ```
 //! use shmem::{Layout, Segment, ring::{MpscRing, MpscPopError}};
 //!
