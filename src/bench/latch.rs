@@ -105,9 +105,13 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     Ok(figures)
 }
 
-/// Slices of a ping-pong's budget: each [`interleave`] round gives every
-/// ping-pong one slice of about this long.
-const SLICE: Duration = Duration::from_millis(25);
+/// Rounds of [`interleave`]: each gives every ping-pong a slice of its
+/// budget (100 ms in a full run, 10 ms with `--quick`). The host's phases
+/// come and go within tens of milliseconds, so a figure needs many slices
+/// for its median to be that of the phases' mix: with eight, a quick run
+/// in about five read the latch at 380 ns against a 70 ns floor, five of
+/// its slices slow where two of the floor's were.
+const ROUNDS: u32 = 20;
 
 /// One ping-pong figure: how to make its transport, where its two
 /// processes run, and the batch means measured so far.
@@ -141,16 +145,15 @@ impl PingPong {
     }
 }
 
-/// Measures `pingpongs` in rounds, each round giving every one a [`SLICE`]
-/// (a session of its own: fork, pin, warm up, batches), until each has had
-/// `budget`. The host's slow phases last milliseconds to seconds and move
+/// Measures `pingpongs` in [`ROUNDS`] rounds, each round giving every one
+/// a slice of `budget` (a session of its own: fork, pin, warm up,
+/// batches). The host's slow phases last milliseconds to seconds and move
 /// the pure-spin floor alone between 60 and 320 ns; measured one after the
 /// other, a figure and the baseline it is divided by would each see
 /// whatever phase its turn fell in, while in slices they see the same mix.
 pub fn interleave(pingpongs: &mut [PingPong], budget: Duration) -> Result<(), String> {
-    let rounds = (budget.as_nanos() / SLICE.as_nanos()).max(1);
-    let slice = budget / rounds as u32;
-    for _ in 0..rounds {
+    let slice = budget / ROUNDS;
+    for _ in 0..ROUNDS {
         for pingpong in pingpongs.iter_mut() {
             let session = Session::start((pingpong.make)()?, pingpong.placement)?;
             pingpong.means.extend(session.batches(slice)?);

@@ -40,14 +40,15 @@
 //! preempted for a time slice would otherwise dominate a sub-microsecond
 //! mean). A blocking round trip is longer than a batch, so there every
 //! batch is one round and the figure is the median round. Side B (CPU 1)
-//! answers and counts. The budget is played in slices of about 100 ms
-//! ([`SLICE`]), the four figures taking turns, each slice with a fresh
-//! pair of processes, and a figure is the median of its slices: the host
-//! has phases, seconds long, in which a blocking wake-up costs five times
-//! what it costs in others, and a ratio of two figures measured one after
-//! the other could divide one phase by another. A figure is reported only if both exited cleanly,
-//! every reply carried the number it should, and B served exactly the
-//! rounds A sent.
+//! answers and counts. The budget is played in [`ROUNDS`] slices (200 ms
+//! each in a full run, 20 ms with `--quick`), the four figures taking
+//! turns, each slice with a fresh pair of processes, and a figure is the
+//! median of its slices: the host has phases in which a blocking wake-up
+//! costs five times what it costs in others, or our busy-poll round trip
+//! four times, and a ratio of two figures measured one after the other
+//! could divide one phase by another. A figure is reported only if both
+//! exited cleanly, every reply carried the number it should, and B served
+//! exactly the rounds A sent.
 //!
 //! The criterion bench `benches/pingpong.rs` includes this file and times
 //! the same ping-pongs with [`Plan::Rounds`]: a fixed number of rounds
@@ -109,15 +110,14 @@ pub enum Plan {
     Rounds(u64),
 }
 
-/// Each figure's budget is played in slices of about this long, the
-/// figures taking turns (see "Method").
-const SLICE: Duration = Duration::from_millis(100);
+/// Slices of each figure's budget, the figures taking turns (see
+/// "Method").
+const ROUNDS: u32 = 10;
 
 /// Runs the group.
 pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
     let budget = opts.budget();
-    let rounds = (budget.as_nanos() / SLICE.as_nanos()).max(1) as u32;
-    let plan = Plan::Budget(budget / rounds);
+    let plan = Plan::Budget(budget / ROUNDS);
     #[cfg_attr(not(feature = "peers"), allow(unused_mut))]
     let mut measures: Vec<(&str, Measure)> = vec![("spsc_pingpong_rtt_ns", spsc_pingpong_rtt_ns)];
     #[cfg(feature = "peers")]
@@ -127,7 +127,7 @@ pub fn run(opts: &BenchOpts) -> Result<Vec<Figure>, String> {
         ("iceoryx2_event_rtt_ns", peers::event_rtt_ns),
     ]);
     let mut slices = vec![Vec::new(); measures.len()];
-    for _ in 0..rounds {
+    for _ in 0..ROUNDS {
         for ((_, measure), values) in measures.iter().zip(&mut slices) {
             values.push(measure(plan)?);
         }
