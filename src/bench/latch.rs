@@ -407,43 +407,6 @@ impl Transport {
         self.segment().region("word").map_err(err)
     }
 
-    /// Parent: tell the child to finish.
-    fn parent_stop(&self) -> Result<(), String> {
-        match self {
-            Self::Latch { .. } => {
-                let (down, _) = self.mailboxes()?;
-                down.ball.store(STOP, Ordering::Relaxed);
-                down.latch.set();
-                Ok(())
-            }
-            Self::Fd { parent_tx, .. } => send(parent_tx, STOP),
-            Self::Spin { .. } => {
-                self.word()?.store(STOP, Ordering::Release);
-                Ok(())
-            }
-        }
-    }
-
-    /// Child: tell the parent that serving failed (best effort).
-    fn child_failed(&self) {
-        match self {
-            Self::Latch { .. } => {
-                if let Ok((_, up)) = self.mailboxes() {
-                    up.ball.store(FAILED, Ordering::Relaxed);
-                    up.latch.set();
-                }
-            }
-            Self::Fd { child_tx, .. } => {
-                let _ = send(child_tx, FAILED);
-            }
-            Self::Spin { .. } => {
-                if let Ok(word) = self.word() {
-                    word.store(FAILED, Ordering::Release);
-                }
-            }
-        }
-    }
-
     /// Child: answer every ball until STOP; returns the count served.
     fn child_serve(&self) -> Result<u64, String> {
         if let Self::Latch { .. } = self {
@@ -497,6 +460,42 @@ enum Ends<'a> {
 }
 
 impl Ends<'_> {
+    /// Parent: tell the child to finish.
+    fn parent_stop(&self) -> Result<(), String> {
+        match self {
+            Ends::Latch { down, .. } => {
+                // Relaxed: published by the Release swap in set().
+                down.ball.store(STOP, Ordering::Relaxed);
+                down.latch.set();
+                Ok(())
+            }
+            Ends::Fd { parent_tx, .. } => send(parent_tx, STOP),
+            Ends::Spin { word } => {
+                // Release: pairs with the child's Acquire load.
+                word.store(STOP, Ordering::Release);
+                Ok(())
+            }
+        }
+    }
+
+    /// Child: tell the parent that serving failed (best effort).
+    fn child_failed(&self) {
+        match self {
+            Ends::Latch { up, .. } => {
+                // Relaxed: published by the Release swap in set().
+                up.ball.store(FAILED, Ordering::Relaxed);
+                up.latch.set();
+            }
+            Ends::Fd { child_tx, .. } => {
+                let _ = send(child_tx, FAILED);
+            }
+            Ends::Spin { word } => {
+                // Release: pairs with the parent's Acquire load.
+                word.store(FAILED, Ordering::Release);
+            }
+        }
+    }
+
     /// Parent: serve `ball` (odd: 2r+1) and wait for `ball + 1`.
     fn parent_round(&self, ball: u64, deadline: Instant) -> Result<(), String> {
         match self {
@@ -705,7 +704,9 @@ impl Session {
                             .is_ok(),
                         Err(e) => {
                             eprintln!("latch bench child: {e}");
-                            session.transport.child_failed();
+                            if let Ok(ends) = session.transport.ends() {
+                                ends.child_failed();
+                            }
                             false
                         }
                     };
@@ -765,7 +766,7 @@ impl Session {
 
     /// Stops the child and checks that it served every round sent.
     pub fn finish(mut self) -> Result<(), String> {
-        self.transport.parent_stop()?;
+        self.transport.ends()?.parent_stop()?;
         let child = self.child.take().ok_or("no child")?;
         let status = reap_within(child, STALL)?;
         if status != WaitStatus::Exited(child, 0) {

@@ -246,8 +246,10 @@ impl Sample {
     }
 }
 
-/// A figure to measure: how many messages each run streams, and the run.
+/// A figure to measure: its name, how many messages each run streams, and
+/// the run.
 struct Contender<'a> {
+    name: String,
     count: u64,
     run: Box<dyn Fn(u64) -> Result<Sample, String> + 'a>,
     samples: Vec<Sample>,
@@ -256,13 +258,14 @@ struct Contender<'a> {
 impl<'a> Contender<'a> {
     /// Fits `count` to the run target (see [`fit_count`]).
     fn new(
-        count: u64,
-        floor: u64,
+        name: impl Into<String>,
+        (count, floor): (u64, u64),
         target: Duration,
         run: impl Fn(u64) -> Result<Sample, String> + 'a,
     ) -> Result<Self, String> {
         let count = fit_count(count, floor, target, &|c| run(c).map(|s| s.elapsed))?;
         Ok(Self {
+            name: name.into(),
             count,
             run: Box::new(run),
             samples: Vec::new(),
@@ -270,11 +273,12 @@ impl<'a> Contender<'a> {
     }
 
     fn timed(
+        name: &str,
         count: u64,
         target: Duration,
         run: impl Fn(u64) -> Result<Duration, String> + 'a,
     ) -> Result<Self, String> {
-        Self::new(count, 0, target, move |c| run(c).map(Sample::timed))
+        Self::new(name, (count, 0), target, move |c| run(c).map(Sample::timed))
     }
 
     /// The fastest sample, in millions of messages a second.
@@ -285,37 +289,90 @@ impl<'a> Contender<'a> {
             .fold(0.0, f64::max)
     }
 
+    /// [`best_rate`](Self::best_rate) as this contender's figure.
+    fn figure(&self) -> Figure {
+        Figure::new(self.name.clone(), self.best_rate(), "mmsgs")
+    }
+
     fn fastest(&self) -> Option<&Sample> {
         self.samples.iter().min_by_key(|s| s.elapsed)
     }
 }
 
+/// Where the contender named `name` is in `contenders`.
+fn position(contenders: &[Contender], name: &str) -> Result<usize, String> {
+    contenders
+        .iter()
+        .position(|c| c.name == name)
+        .ok_or_else(|| format!("ring: no figure {name}"))
+}
+
+/// The figures the goals compare, ours then its baseline, in the order each
+/// round starts with (see [`measure_all`]).
+const PAIRED: [&str; 5] = [
+    "spsc_xproc_mmsgs",
+    "arrayqueue_spsc_mmsgs",
+    "mpsc_xproc_p2_mmsgs",
+    "arrayqueue_mpsc2_mmsgs",
+    "pipe_xproc_mmsgs",
+];
+
 /// Measures every figure in `repeats` rounds, each round running every
 /// figure once, ours and the baselines in turn: the host's slow phases
 /// (they last from milliseconds to seconds) then fall on all of them alike
 /// rather than on whichever figure happened to be running, and each figure
-/// is its fastest round.
+/// is its fastest round. Each round starts with [`PAIRED`], so that a
+/// figure and its baseline run back to back and mostly share a phase.
 fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Figure>, String> {
     let typed = scale.of(6_000_000);
     let mut contenders = vec![
-        Contender::timed(typed, target, spsc_xproc::<u64>)?,
-        Contender::timed(typed / 2, target, spsc_xproc::<[u64; 8]>)?,
-        Contender::timed(typed, target, spsc_batch_xproc)?,
-        Contender::new(typed / 3, 0, target, |c| {
+        Contender::timed("spsc_xproc_mmsgs", typed, target, spsc_xproc::<u64>)?,
+        Contender::timed(
+            "spsc64_xproc_mmsgs",
+            typed / 2,
+            target,
+            spsc_xproc::<[u64; 8]>,
+        )?,
+        Contender::timed("spsc_batch_xproc_mmsgs", typed, target, spsc_batch_xproc)?,
+        Contender::new("spsc_blocking_xproc_mmsgs", (typed / 3, 0), target, |c| {
             spsc_blocking_xproc(c).map(|(elapsed, stats)| Sample {
                 elapsed,
                 stats: Some(stats),
                 fairness: None,
             })
         })?,
-        Contender::timed(typed / 4, target, mpsc2_xproc::<[u64; 8]>)?,
-        Contender::timed(typed / 2, target, arrayqueue_spsc::<u64>)?,
-        Contender::timed(typed / 2, target, arrayqueue_mpsc2::<u64>)?,
-        Contender::timed(typed / 10, target, sync_channel_spsc::<u64>)?,
-        Contender::timed(scale.of(200_000), target, pipe_xproc)?,
-        Contender::timed(scale.of(200_000), target, bytering_xproc)?,
+        Contender::timed(
+            "mpsc2_64_xproc_mmsgs",
+            typed / 4,
+            target,
+            mpsc2_xproc::<[u64; 8]>,
+        )?,
+        Contender::timed(
+            "arrayqueue_spsc_mmsgs",
+            typed / 2,
+            target,
+            arrayqueue_spsc::<u64>,
+        )?,
+        Contender::timed(
+            "arrayqueue_mpsc2_mmsgs",
+            typed / 2,
+            target,
+            arrayqueue_mpsc2::<u64>,
+        )?,
+        Contender::timed(
+            "sync_channel_spsc_mmsgs",
+            typed / 10,
+            target,
+            sync_channel_spsc::<u64>,
+        )?,
+        Contender::timed("pipe_xproc_mmsgs", scale.of(200_000), target, pipe_xproc)?,
+        Contender::timed(
+            "bytering_xproc_mmsgs",
+            scale.of(200_000),
+            target,
+            bytering_xproc,
+        )?,
     ];
-    let sweep_start = contenders.len();
     // The MPSC sweep; its two-producer point is issue 5's mpsc2_xproc.
     // Enough messages per producer that the producers sharing CPU 1 take
     // many turns on it (a run shorter than a few scheduler slices would
@@ -323,9 +380,10 @@ fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Fig
     // SWEEP_PER_PRODUCER, however loaded the machine is.
     for producers in SWEEP_PRODUCERS {
         let least = SWEEP_PER_PRODUCER * producers as u64;
+        let name = format!("mpsc_xproc_p{producers}_mmsgs");
         contenders.push(Contender::new(
-            (typed / 2).max(least),
-            least,
+            name,
+            ((typed / 2).max(least), least),
             target,
             move |c| {
                 mpsc_xproc::<u64>(producers, c).map(|run| Sample {
@@ -336,18 +394,12 @@ fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Fig
             },
         )?);
     }
-    // Each round starts with the figures the goals compare, each of ours
-    // back to back with its baseline (SPSC and ArrayQueue, two-producer
-    // MPSC and ArrayQueue, then the pipe), so that a pair mostly shares a
-    // phase; the rest follow in list order.
-    let two = SWEEP_PRODUCERS
+    let paired = PAIRED
         .iter()
-        .position(|&p| p == 2)
-        .ok_or("the sweep has no two-producer point")?;
-    // Indices into the list above: spsc 0, aq_spsc 5, aq_mpsc 6, pipe 8.
-    let paired = [0, 5, sweep_start + two, 6, 8];
+        .map(|name| position(&contenders, name))
+        .collect::<Result<Vec<_>, _>>()?;
     let rest = (0..contenders.len()).filter(|i| !paired.contains(i));
-    let order: Vec<usize> = paired.into_iter().chain(rest).collect();
+    let order: Vec<usize> = paired.iter().copied().chain(rest).collect();
     for _ in 0..repeats {
         for &i in &order {
             let contender = &mut contenders[i];
@@ -355,54 +407,27 @@ fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Fig
             contender.samples.push(sample);
         }
     }
-    let [
-        spsc,
-        spsc64,
-        batch,
-        blocking,
-        mpsc64,
-        aq_spsc,
-        aq_mpsc,
-        chan,
-        pipe,
-        bytes,
-        sweep @ ..,
-    ] = &contenders[..]
-    else {
-        return Err("ring: the contender list lost its shape".to_owned());
-    };
-    let rate =
-        |name: &str, contender: &Contender| Figure::new(name, contender.best_rate(), "mmsgs");
-    let per_kmsg = |n: u64| n as f64 * 1000.0 / blocking.count as f64;
-    let blocking_stats = blocking
+
+    let get = |name: &str| position(&contenders, name).map(|i| &contenders[i]);
+    let figure = |name: &str| get(name).map(Contender::figure);
+    let (spsc, blocking, aq_spsc, aq_mpsc, pipe) = (
+        figure("spsc_xproc_mmsgs")?,
+        figure("spsc_blocking_xproc_mmsgs")?,
+        figure("arrayqueue_spsc_mmsgs")?,
+        figure("arrayqueue_mpsc2_mmsgs")?,
+        figure("pipe_xproc_mmsgs")?,
+    );
+    let mpsc = Figure::new(
+        "mpsc2_xproc_mmsgs",
+        get("mpsc_xproc_p2_mmsgs")?.best_rate(),
+        "mmsgs",
+    );
+    let blocking_run = get("spsc_blocking_xproc_mmsgs")?;
+    let stats = blocking_run
         .fastest()
         .and_then(|s| s.stats)
         .ok_or("no blocking run")?;
-    let mut sweep_figures = Vec::new();
-    for (producers, contender) in SWEEP_PRODUCERS.iter().zip(sweep) {
-        let mut fairness: Vec<f64> = contender
-            .samples
-            .iter()
-            .filter_map(|s| s.fairness)
-            .collect();
-        fairness.sort_by(f64::total_cmp);
-        sweep_figures.push(rate(&format!("mpsc_xproc_p{producers}_mmsgs"), contender));
-        sweep_figures.push(Figure::new(
-            format!("mpsc_xproc_p{producers}_fairness"),
-            fairness.get(fairness.len() / 2).copied().unwrap_or(1.0),
-            "frac",
-        ));
-    }
-    let (spsc, blocking, mpsc) = (
-        rate("spsc_xproc_mmsgs", spsc),
-        rate("spsc_blocking_xproc_mmsgs", blocking),
-        rate("mpsc2_xproc_mmsgs", &sweep[two]),
-    );
-    let (aq_spsc, aq_mpsc, pipe) = (
-        rate("arrayqueue_spsc_mmsgs", aq_spsc),
-        rate("arrayqueue_mpsc2_mmsgs", aq_mpsc),
-        rate("pipe_xproc_mmsgs", pipe),
-    );
+    let per_kmsg = |n: u64| n as f64 * 1000.0 / blocking_run.count as f64;
     let ratios = [
         Figure::ratio(&blocking, &spsc),
         Figure::ratio(&spsc, &aq_spsc),
@@ -412,32 +437,38 @@ fn measure_all(scale: Scale, repeats: usize, target: Duration) -> Result<Vec<Fig
     ];
     let mut figures = vec![
         spsc,
-        rate("spsc64_xproc_mmsgs", spsc64),
-        rate("spsc_batch_xproc_mmsgs", batch),
+        figure("spsc64_xproc_mmsgs")?,
+        figure("spsc_batch_xproc_mmsgs")?,
         blocking,
-        Figure::new(
-            "spsc_blocking_sets_per_kmsg",
-            per_kmsg(blocking_stats.sets),
-            "sets",
-        ),
+        Figure::new("spsc_blocking_sets_per_kmsg", per_kmsg(stats.sets), "sets"),
         Figure::new(
             "spsc_blocking_waits_per_kmsg",
-            per_kmsg(blocking_stats.waits),
+            per_kmsg(stats.waits),
             "waits",
         ),
         mpsc,
-        rate("mpsc2_64_xproc_mmsgs", mpsc64),
+        figure("mpsc2_64_xproc_mmsgs")?,
         aq_spsc,
         aq_mpsc,
-        rate("sync_channel_spsc_mmsgs", chan),
+        figure("sync_channel_spsc_mmsgs")?,
         pipe,
         Figure::new(
             "bytering_xproc_mbps",
-            bytes.best_rate() * BYTE_MESSAGE as f64,
+            get("bytering_xproc_mmsgs")?.best_rate() * BYTE_MESSAGE as f64,
             "mbps",
         ),
     ];
-    figures.extend(sweep_figures);
+    for producers in SWEEP_PRODUCERS {
+        let sweep = get(&format!("mpsc_xproc_p{producers}_mmsgs"))?;
+        let mut fairness: Vec<f64> = sweep.samples.iter().filter_map(|s| s.fairness).collect();
+        fairness.sort_by(f64::total_cmp);
+        figures.push(sweep.figure());
+        figures.push(Figure::new(
+            format!("mpsc_xproc_p{producers}_fairness"),
+            fairness.get(fairness.len() / 2).copied().unwrap_or(1.0),
+            "frac",
+        ));
+    }
     figures.extend(ratios);
     Ok(figures)
 }
