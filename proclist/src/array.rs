@@ -1741,6 +1741,38 @@ mod loom_tests {
         }
     }
 
+    /// What the threads of a straddle model share: two slots, a record of
+    /// who holds them, and `N` one-shot flags.
+    struct Scene<const N: usize> {
+        storage: Storage,
+        holders: Holders,
+        flags: [Flag; N],
+    }
+
+    impl<const N: usize> Scene<N> {
+        fn new(storage: Storage) -> Arc<Self> {
+            Arc::new(Self {
+                storage,
+                holders: Holders::new(2),
+                flags: [(); N].map(|()| Flag::default()),
+            })
+        }
+
+        /// Runs each of `threads` on a thread of its own, joins them, and
+        /// checks that both slots are free again.
+        fn play<const K: usize>(scene: Arc<Self>, threads: [fn(&Self); K]) {
+            let handles = threads.map(|body| {
+                let scene = scene.clone();
+                thread::spawn(move || body(&scene))
+            });
+            for handle in handles {
+                handle.join().unwrap();
+            }
+            let procs = scene.storage.procs();
+            assert_eq!(procs.count_free_quiescent(Kind::Backend), Ok(2));
+        }
+    }
+
     /// Two slots, one list, neither on it: A holds one, D has parked the other.
     /// Then A releases (parking its slot), D takes its own back, and B
     /// acquires. From the start of B's acquire on, a slot is always free,
@@ -1757,48 +1789,46 @@ mod loom_tests {
         let mut model = loom::model::Builder::new();
         model.preemption_bound = Some(1);
         model.check(|| {
-            let storage = Arc::new(Storage::new(CONFIG, 1));
-            let holders = Arc::new(Holders::new(2));
-            // a_holds, d_parked, a_released, b_done: each awaited by one.
-            let flags = Arc::new([(); 4].map(|()| Flag::default()));
-            let a = {
-                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
-                thread::spawn(move || {
-                    let procs = storage.procs();
-                    let held = holders.hold(procs.acquire(Kind::Backend).expect("two are free"));
-                    flags[0].raise();
-                    drop(held);
-                    flags[2].raise();
-                })
-            };
-            let d = {
-                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
-                thread::spawn(move || {
-                    let procs = storage.procs();
-                    drop(holders.hold(procs.acquire(Kind::Backend).expect("one is free")));
-                    flags[1].raise();
-                    flags[2].wait_for();
-                    let again = procs.acquire(Kind::Backend).expect("A's or D's is free");
-                    let held = holders.hold(again);
-                    flags[3].wait_for();
-                    drop(held);
-                })
-            };
-            let b = {
-                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
-                thread::spawn(move || {
-                    let procs = storage.procs();
-                    flags[0].wait_for();
-                    flags[1].wait_for();
-                    let taken = procs.acquire(Kind::Backend);
-                    drop(holders.hold(taken.expect("a slot was free all along")));
-                    flags[3].raise();
-                })
-            };
-            a.join().unwrap();
-            d.join().unwrap();
-            b.join().unwrap();
-            assert_eq!(storage.procs().count_free_quiescent(Kind::Backend), Ok(2));
+            // Flags: a_holds, d_parked, a_released, b_done.
+            Scene::play(
+                Scene::<4>::new(Storage::new(CONFIG, 1)),
+                [
+                    // A
+                    |scene| {
+                        let procs = scene.storage.procs();
+                        let taken = procs.acquire(Kind::Backend).expect("two are free");
+                        let held = scene.holders.hold(taken);
+                        scene.flags[0].raise();
+                        drop(held);
+                        scene.flags[2].raise();
+                    },
+                    // D
+                    |scene| {
+                        let procs = scene.storage.procs();
+                        let taken = procs.acquire(Kind::Backend).expect("one is free");
+                        drop(scene.holders.hold(taken));
+                        scene.flags[1].raise();
+                        scene.flags[2].wait_for();
+                        let again = procs.acquire(Kind::Backend).expect("A's or D's is free");
+                        let held = scene.holders.hold(again);
+                        scene.flags[3].wait_for();
+                        drop(held);
+                    },
+                    // B
+                    |scene| {
+                        let procs = scene.storage.procs();
+                        scene.flags[0].wait_for();
+                        scene.flags[1].wait_for();
+                        let taken = procs.acquire(Kind::Backend);
+                        drop(
+                            scene
+                                .holders
+                                .hold(taken.expect("a slot was free all along")),
+                        );
+                        scene.flags[3].raise();
+                    },
+                ],
+            );
         });
     }
 
@@ -1816,49 +1846,47 @@ mod loom_tests {
         // As in the model above.
         model.preemption_bound = Some(1);
         model.check(|| {
-            let storage = Arc::new(Storage::new(CONFIG, 2));
+            let storage = Storage::new(CONFIG, 2);
             storage.move_free(Kind::Backend, 0, 1);
-            let holders = Arc::new(Holders::new(2));
-            // x_holds, x_released, b_done: each awaited by one.
-            let flags = Arc::new([(); 3].map(|()| Flag::default()));
-            let x = {
-                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
-                thread::spawn(move || {
-                    let procs = storage.procs().without_parking();
-                    let held = holders.hold(procs.acquire(Kind::Backend).expect("two are free"));
-                    flags[0].raise();
-                    drop(held);
-                    flags[1].raise();
-                })
-            };
-            let y = {
-                let (storage, flags) = (storage.clone(), flags.clone());
-                thread::spawn(move || {
-                    let shard_1 = storage.procs().free_list(Kind::Backend, 1);
-                    flags[1].wait_for();
-                    // B may have popped it first; then there is nothing to
-                    // keep or give back.
-                    let kept = shard_1.pop().expect("consistent");
-                    flags[2].wait_for();
-                    if let Some(index) = kept {
-                        shard_1.push(index).expect("in range");
-                    }
-                })
-            };
-            let b = {
-                let (storage, holders, flags) = (storage.clone(), holders.clone(), flags.clone());
-                thread::spawn(move || {
-                    let procs = storage.procs().without_parking();
-                    flags[0].wait_for();
-                    let taken = procs.acquire(Kind::Backend);
-                    drop(holders.hold(taken.expect("a slot was free all along")));
-                    flags[2].raise();
-                })
-            };
-            x.join().unwrap();
-            y.join().unwrap();
-            b.join().unwrap();
-            assert_eq!(storage.procs().count_free_quiescent(Kind::Backend), Ok(2));
+            // Flags: x_holds, x_released, b_done.
+            Scene::play(
+                Scene::<3>::new(storage),
+                [
+                    // X
+                    |scene| {
+                        let procs = scene.storage.procs().without_parking();
+                        let taken = procs.acquire(Kind::Backend).expect("two are free");
+                        let held = scene.holders.hold(taken);
+                        scene.flags[0].raise();
+                        drop(held);
+                        scene.flags[1].raise();
+                    },
+                    // Y
+                    |scene| {
+                        let shard_1 = scene.storage.procs().free_list(Kind::Backend, 1);
+                        scene.flags[1].wait_for();
+                        // B may have popped it first; then there is nothing to
+                        // keep or give back.
+                        let kept = shard_1.pop().expect("consistent");
+                        scene.flags[2].wait_for();
+                        if let Some(index) = kept {
+                            shard_1.push(index).expect("in range");
+                        }
+                    },
+                    // B
+                    |scene| {
+                        let procs = scene.storage.procs().without_parking();
+                        scene.flags[0].wait_for();
+                        let taken = procs.acquire(Kind::Backend);
+                        drop(
+                            scene
+                                .holders
+                                .hold(taken.expect("a slot was free all along")),
+                        );
+                        scene.flags[2].raise();
+                    },
+                ],
+            );
         });
     }
 
